@@ -1,0 +1,82 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of kvm_ras.poison_guard.migration_gate (documented in plugins/modules/migration_gate.py).
+
+Validates its options against the documented ones, gets a poison_info result (given, or by
+running kvm_ras.poison_guard.poison_info on the host) and applies the decision table of
+plugins/module_utils/gate.py. Read-only: ``changed`` is always false, check mode decides the same.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
+from ansible_collections.kvm_ras.poison_guard.plugins.modules.migration_gate import DOCUMENTATION
+
+POISON_INFO_MODULE = "kvm_ras.poison_guard.poison_info"
+
+_SPEC_KEYS = ("type", "elements", "choices", "default", "required", "no_log", "aliases")
+
+
+def argument_spec_from_doc(documentation):
+    """The argument spec of a module's documented options (one source for docs and validation)."""
+    options = yaml.safe_load(documentation).get("options") or {}
+    spec = {}
+    for name, option in options.items():
+        entry = {key: option[key] for key in _SPEC_KEYS if key in option}
+        entry.setdefault("type", "str")
+        spec[name] = entry
+    return spec
+
+
+ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
+
+
+class ActionModule(ActionBase):
+    """Decide per VM whether an operation that reads all guest RAM may go ahead."""
+
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp  # nothing is transferred
+        if task_vars is None:
+            task_vars = {}
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+
+        poison = args["poison_info"]
+        gathered = poison is None
+        if gathered:
+            module_args = {} if args["vms"] is None else {"vms": list(args["vms"])}
+            poison = self._execute_module(module_name=POISON_INFO_MODULE, module_args=module_args,
+                                          task_vars=task_vars)
+            if poison.get("failed") or poison.get("skipped"):
+                raise AnsibleActionFail(
+                    "%s failed on this host, so the gate cannot decide and blocks everything (fail "
+                    "closed): %s" % (POISON_INFO_MODULE, poison.get("msg") or "no message"),
+                    result={"poison_info": poison, "allowed": [], "blocked": [], "unguarded": [],
+                            "decisions": []},
+                )
+
+        try:
+            decision = gate.evaluate(poison, args["vms"], args["operation"], args["on_poisoned"],
+                                     args["on_unknown"])
+        except gate.GateInputError as exc:
+            raise AnsibleActionFail(str(exc)) from exc
+
+        warnings = decision.pop("warnings")
+        result.update(decision)
+        result["changed"] = False
+        result["poison_info_gathered"] = gathered
+        if gathered:
+            result["poison_info"] = poison
+        if warnings:
+            result.setdefault("warnings", []).extend(warnings)
+        return result

@@ -1,0 +1,391 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Live migration through libvirt: flags, supervision, error classes, job statistics.
+
+Pure Python with no Ansible imports; ``libvirt`` (Debian: python3-libvirt) is imported only by
+the helpers that turn flag and parameter names into libvirt's values, so everything here can
+be unit-tested without libvirt.
+
+- ``build_plan(options)``: the live_migrate options -> libvirt flag names and typed parameters
+  (raises ``MigrationInputError`` for combinations libvirt would reject).
+- ``supervise(...)``: runs the blocking libvirt migrate call in a thread, polls job statistics,
+  aborts the job when the deadline passes (or switches to post-copy when asked to).
+- ``classify_error(message, ...)``: ``poisoned`` / ``timeout`` / ``destination`` / ``other``.
+- ``shape_job_stats(stats)``: libvirt's job statistics -> stable, unit-named keys.
+- ``where_running(source, destination, ...)``: ``source`` / ``destination`` / ``both`` / ``none``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
+
+POISONED = "poisoned"
+TIMEOUT = "timeout"
+DESTINATION = "destination"
+OTHER = "other"
+ERROR_CLASSES = (POISONED, TIMEOUT, DESTINATION, OTHER)
+
+COPY_STORAGE_FLAGS = {
+    "none": None,
+    "all": "VIR_MIGRATE_NON_SHARED_DISK",
+    "inc": "VIR_MIGRATE_NON_SHARED_INC",
+}
+
+# Option name -> libvirt flag set when the option is true.
+BOOLEAN_FLAGS = (
+    ("live", "VIR_MIGRATE_LIVE"),
+    ("peer2peer", "VIR_MIGRATE_PEER2PEER"),
+    ("tunnelled", "VIR_MIGRATE_TUNNELLED"),
+    ("persistent_dest", "VIR_MIGRATE_PERSIST_DEST"),
+    ("undefine_source", "VIR_MIGRATE_UNDEFINE_SOURCE"),
+    ("auto_converge", "VIR_MIGRATE_AUTO_CONVERGE"),
+    ("postcopy", "VIR_MIGRATE_POSTCOPY"),
+    ("unsafe", "VIR_MIGRATE_UNSAFE"),
+)
+
+# Stable values of libvirt's public API (include/libvirt/libvirt-domain.h), used when a
+# libvirt module lacks the name (or for describing a plan without libvirt installed).
+KNOWN_FLAG_VALUES = {
+    "VIR_MIGRATE_LIVE": 1 << 0,
+    "VIR_MIGRATE_PEER2PEER": 1 << 1,
+    "VIR_MIGRATE_TUNNELLED": 1 << 2,
+    "VIR_MIGRATE_PERSIST_DEST": 1 << 3,
+    "VIR_MIGRATE_UNDEFINE_SOURCE": 1 << 4,
+    "VIR_MIGRATE_NON_SHARED_DISK": 1 << 6,
+    "VIR_MIGRATE_NON_SHARED_INC": 1 << 7,
+    "VIR_MIGRATE_UNSAFE": 1 << 9,
+    "VIR_MIGRATE_AUTO_CONVERGE": 1 << 13,
+    "VIR_MIGRATE_POSTCOPY": 1 << 15,
+}
+
+# Typed migration parameters: our key -> (libvirt constant name, its string value).
+PARAM_NAMES = {
+    "bandwidth": ("VIR_MIGRATE_PARAM_BANDWIDTH", "bandwidth"),
+}
+
+JOB_TYPES = {0: "none", 1: "bounded", 2: "unbounded", 3: "completed", 4: "failed", 5: "cancelled"}
+
+
+class MigrationInputError(ValueError):
+    """Options that cannot make a migration libvirt would accept."""
+
+
+def build_plan(options):
+    """Turn live_migrate options into ``{"flags": [names], "params": {key: value}, ...}``.
+
+    ``options`` is a mapping with the module's option names. Raises MigrationInputError with
+    the fix for combinations libvirt refuses (it would refuse them only after connecting).
+    """
+    opts = dict(options)
+    if opts.get("tunnelled") and not opts.get("peer2peer"):
+        raise MigrationInputError(
+            "tunnelled=true needs peer2peer=true: libvirt tunnels the migration stream only "
+            "through its own peer-to-peer connection"
+        )
+    if opts.get("postcopy") and not opts.get("live", True):
+        raise MigrationInputError(
+            "postcopy=true needs live=true: post-copy runs the VM on the destination while its "
+            "memory is still being pulled from the source"
+        )
+    copy_storage = opts.get("copy_storage") or "none"
+    if copy_storage not in COPY_STORAGE_FLAGS:
+        raise MigrationInputError(
+            "copy_storage must be one of %s, got %r" % (", ".join(COPY_STORAGE_FLAGS), copy_storage)
+        )
+    for key, minimum in (("bandwidth", 1), ("max_downtime", 1)):
+        value = opts.get(key)
+        if value is not None and value < minimum:
+            raise MigrationInputError("%s must be at least %d, got %r (leave it unset for libvirt's default)"
+                                      % (key, minimum, value))
+    timeout = opts.get("timeout")
+    if timeout is not None and timeout <= 0:
+        raise MigrationInputError("timeout must be a positive number of seconds, got %r" % (timeout,))
+    poll = opts.get("poll_interval")
+    if poll is not None and poll <= 0:
+        raise MigrationInputError("poll_interval must be a positive number of seconds, got %r" % (poll,))
+    if poll is not None and timeout is not None and poll > timeout:
+        raise MigrationInputError(
+            "poll_interval (%s s) must not exceed timeout (%s s): the deadline is checked at each poll"
+            % (poll, timeout)
+        )
+    if not opts.get("dest_uri"):
+        raise MigrationInputError("dest_uri is empty: give the destination libvirt URI, e.g. qemu+tcp://hv2/system")
+
+    flags = [flag for option, flag in BOOLEAN_FLAGS if opts.get(option)]
+    if COPY_STORAGE_FLAGS[copy_storage]:
+        flags.append(COPY_STORAGE_FLAGS[copy_storage])
+    params = {}
+    if opts.get("bandwidth") is not None:
+        params["bandwidth"] = int(opts["bandwidth"])
+    return {
+        "flags": flags,
+        "params": params,
+        "peer2peer": bool(opts.get("peer2peer")),
+        "max_downtime": opts.get("max_downtime"),
+        "postcopy": bool(opts.get("postcopy")),
+        "dest_uri": opts["dest_uri"],
+    }
+
+
+def _libvirt(libvirt_module):
+    if libvirt_module is not None:
+        return libvirt_module
+    import libvirt  # pylint: disable=import-outside-toplevel,import-error
+
+    return libvirt
+
+
+def resolve_flags(names, libvirt_module=None):
+    """OR the named libvirt flags together (values from the libvirt module when present)."""
+    lv = _libvirt(libvirt_module)
+    value = 0
+    for name in names:
+        flag = getattr(lv, name, None)
+        if flag is None:
+            flag = KNOWN_FLAG_VALUES.get(name)
+        if flag is None:
+            raise MigrationInputError("this libvirt-python does not know the flag %s" % name)
+        value |= flag
+    return value
+
+
+def resolve_params(params, libvirt_module=None):
+    """Map our parameter keys to libvirt's typed-parameter names (VIR_MIGRATE_PARAM_*)."""
+    lv = _libvirt(libvirt_module)
+    out = {}
+    for key, value in params.items():
+        const, fallback = PARAM_NAMES[key]
+        out[getattr(lv, const, fallback)] = value
+    return out
+
+
+# --- error classification ---------------------------------------------------------------
+
+# The source QEMU went away during the migration (checked before the destination patterns:
+# "Unable to read from monitor: Connection reset by peer" is the source's own monitor).
+SOURCE_QEMU_DIED_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
+    r"unable to read from monitor",          # qemu_monitor.c
+    r"qemu unexpectedly closed the monitor",  # qemu_process.c
+    r"domain is no longer running",          # qemu_domain.c / qemu_migration.c
+    r"domain is not running",                # virdomainobj.c, VIR_ERR_OPERATION_INVALID
+))
+
+# Destination unreachable, gone, or refusing. Each pattern copies a libvirt 9.0 message (see
+# tests/unit/plugins/module_utils/test_migration.py for the full messages and their sources).
+DESTINATION_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
+    r"unable to connect to server at",          # virnetsocket.c, TCP connect failed
+    r"failed to connect to remote libvirt uri",  # qemu_migration.c, peer-to-peer connect failed
+    r"unable to resolve address",               # virnetsocket.c, getaddrinfo failed
+    r"cannot recv data",                        # virnetsocket.c, peer went away (ssh/tcp)
+    r"cannot write data",                       # virnetsocket.c
+    r"end of file while reading data",          # virnetsocket.c, remote closed the stream
+    r"lost connection to destination host",     # qemu_migration.c, keepalive gone mid-migration
+    r"client socket is closed",                 # virnetclient.c
+    r"connection refused",
+    r"connection reset by peer",
+    r"no route to host",
+    r"connection timed out",
+    r"broken pipe",
+    r"name or service not known",
+    r"already exists with uuid",                # destination already holds another domain by that name
+    r"is already active",                       # destination runs the domain already
+    r"the cpu is incompatible with host cpu",   # destination cannot run the guest CPU
+    r"storage pool not found",                  # copy_storage without a pool on the destination
+    r"authentication failed",                   # destination refused our credentials
+))
+
+
+def classify_error(message, timed_out=False, phase="migrate"):
+    """Classify a failed migration. Returns ``(error_class, explanation)``.
+
+    ``message`` is libvirt's error text; ``timed_out`` is true when our deadline passed and we
+    asked libvirt to abort; ``phase`` is ``connect_destination`` when the destination could not
+    even be opened, ``migrate`` otherwise.
+    """
+    text = message or ""
+    if UPSTREAM_REFUSAL.lower() in text.lower():
+        return POISONED, (
+            "QEMU refused to migrate: the VM has hardware-poisoned guest memory (QEMU's own "
+            "check). Nothing was transferred and the VM still runs on the source; reboot the VM "
+            "(a guest reset clears QEMU's poison list) before migrating it."
+        )
+    if timed_out:
+        return TIMEOUT, (
+            "the migration did not finish within the timeout and its job was aborted; the VM "
+            "keeps running on the source"
+        )
+    if phase == "connect_destination":
+        return DESTINATION, "the destination libvirt could not be reached: %s" % text
+    for pattern in SOURCE_QEMU_DIED_PATTERNS:
+        if pattern.search(text):
+            return OTHER, (
+                "the source QEMU stopped during the migration (a QEMU older than 9.0 dies with "
+                "SIGBUS when migration reads a poisoned page): %s" % text
+            )
+    for pattern in DESTINATION_PATTERNS:
+        if pattern.search(text):
+            return DESTINATION, "the destination was unreachable or refused the VM: %s" % text
+    return OTHER, text
+
+
+# --- job statistics ---------------------------------------------------------------------
+
+_STAT_KEYS = (
+    # (our key, libvirt jobStats key)
+    ("duration_ms", "time_elapsed"),
+    ("downtime_ms", "downtime"),
+    ("setup_time_ms", "setup_time"),
+    ("remaining_ms", "time_remaining"),
+    ("data_total_bytes", "data_total"),
+    ("data_processed_bytes", "data_processed"),
+    ("data_remaining_bytes", "data_remaining"),
+    ("memory_total_bytes", "memory_total"),
+    ("memory_processed_bytes", "memory_processed"),
+    ("memory_remaining_bytes", "memory_remaining"),
+    ("memory_bps", "memory_bps"),
+    ("memory_dirty_rate_pages_per_s", "memory_dirty_rate"),
+    ("memory_iterations", "memory_iteration"),
+    ("disk_total_bytes", "disk_total"),
+    ("disk_processed_bytes", "disk_processed"),
+    ("disk_remaining_bytes", "disk_remaining"),
+    ("auto_converge_throttle_percent", "auto_converge_throttle"),
+    ("postcopy_requests", "memory_postcopy_requests"),
+)
+
+
+def shape_job_stats(stats):
+    """libvirt ``virDomainGetJobStats`` dict -> our keys (absent values are None)."""
+    if not stats:
+        return None
+    shaped = {ours: stats.get(theirs) for ours, theirs in _STAT_KEYS}
+    shaped["job_type"] = JOB_TYPES.get(stats.get("type"), stats.get("type"))
+    shaped["error"] = stats.get("errmsg")
+    return shaped
+
+
+def progress_sample(elapsed, stats):
+    """One progress point for the result's ``progress`` list."""
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "data_processed_bytes": stats.get("data_processed"),
+        "data_remaining_bytes": stats.get("data_remaining"),
+        "memory_iterations": stats.get("memory_iteration"),
+    }
+
+
+# --- placement --------------------------------------------------------------------------
+
+def where_running(source_active, destination_active, migration_started=True):
+    """Where the VM runs: ``source``, ``destination``, ``both``, ``none`` or ``unknown``.
+
+    ``None`` for a side means it could not be queried. Before any migration was started a
+    VM active on the source cannot have reached the destination through us, so an unreachable
+    destination still yields ``source``.
+    """
+    if source_active is None and destination_active is None:
+        return "unknown"
+    if destination_active is None:
+        if source_active and not migration_started:
+            return "source"
+        return "unknown"
+    if source_active is None:
+        return "destination" if destination_active else "unknown"
+    if source_active and destination_active:
+        return "both"
+    if source_active:
+        return "source"
+    if destination_active:
+        return "destination"
+    return "none"
+
+
+CRITICAL_PLACEMENTS = ("both", "none")
+
+
+# --- supervision ------------------------------------------------------------------------
+
+def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=None,
+              abort_grace=60.0, clock=time.monotonic, max_samples=20):
+    """Run ``start()`` (the blocking libvirt migrate call) in a thread and watch it.
+
+    Every ``poll_interval`` seconds ``poll()`` returns libvirt job statistics (or None). When
+    ``timeout`` seconds have passed: if ``switch_to_postcopy`` is given it is called once and a
+    second ``timeout`` window is granted (post-copy cannot be aborted); otherwise ``abort()``
+    asks libvirt to cancel the job, and we wait up to ``abort_grace`` seconds for ``start()`` to
+    return. Returns a dict describing what happened (``error`` holds the exception ``start()``
+    raised, if any).
+    """
+    box = {}
+
+    def target():
+        try:
+            box["value"] = start()
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # libvirtError and friends
+            box["error"] = exc
+
+    outcome = {
+        "deadline_passed": False,
+        "abort_requested": False,
+        "abort_error": None,
+        "postcopy_started": False,
+        "postcopy_error": None,
+        "poll_errors": 0,
+        "last_stats": None,
+        "progress": [],
+        "finished": False,
+    }
+    worker = threading.Thread(target=target, name="kvm-ras-live-migrate")
+    worker.daemon = True
+    begin = clock()
+    deadline = begin + timeout
+    abort_deadline = None
+    worker.start()
+    while True:
+        worker.join(poll_interval)
+        if not worker.is_alive():
+            break
+        now = clock()
+        try:
+            stats = poll()
+        except Exception:  # pylint: disable=broad-exception-caught  # job may end between checks
+            stats = None
+            outcome["poll_errors"] += 1
+        if stats:
+            outcome["last_stats"] = stats
+            outcome["progress"].append(progress_sample(now - begin, stats))
+            del outcome["progress"][:-max_samples]
+        if abort_deadline is not None:
+            if now >= abort_deadline:
+                break
+            continue
+        if now >= deadline:
+            if switch_to_postcopy is not None and not outcome["postcopy_started"]:
+                try:
+                    switch_to_postcopy()
+                    outcome["postcopy_started"] = True
+                    deadline = now + timeout
+                    continue
+                except Exception as exc:  # pylint: disable=broad-exception-caught
+                    outcome["postcopy_error"] = str(exc)
+            if outcome["postcopy_started"]:
+                # Post-copy cannot be cancelled without losing the VM: report, never abort.
+                outcome["deadline_passed"] = True
+                abort_deadline = now  # stop waiting at the next poll
+                continue
+            outcome["deadline_passed"] = True
+            outcome["abort_requested"] = True
+            try:
+                abort()
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                outcome["abort_error"] = str(exc)
+            abort_deadline = now + abort_grace
+    outcome["finished"] = not worker.is_alive()
+    outcome["elapsed_s"] = clock() - begin
+    outcome["error"] = box.get("error")
+    outcome["value"] = box.get("value")
+    return outcome

@@ -1,0 +1,614 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: live_migrate
+short_description: Live-migrate one VM to another hypervisor through libvirt, with a timeout and a clear failure class
+version_added: 0.1.0
+description:
+  - Runs on the B(source) hypervisor and moves one running libvirt domain to the hypervisor
+    behind O(dest_uri) with libvirt's migration API (the same calls as C(virsh migrate)),
+    no shell involved, so VM names with spaces, quotes or C($(...)) are plain data.
+  - The migration runs in a thread while the module polls libvirt's job statistics. When
+    O(timeout) passes, the job is aborted cleanly with C(virDomainAbortJob) and the VM keeps
+    running on the source.
+  - On failure the result says why, as one of four classes (RV(failure.class)) - V(poisoned)
+    when QEMU refused because the VM has hardware-poisoned memory, V(timeout), V(destination)
+    when the destination was unreachable or refused, V(other) - and where the VM now runs
+    (RV(running_on)), checked on both hypervisors. A VM found running on both hypervisors or
+    on neither is reported as critical.
+  - Idempotent. A VM already running on the destination and not running on the source is
+    left alone (C(changed=false)).
+  - Gate migrations with M(kvm_ras.poison_guard.migration_gate) first. QEMU older than 9.0
+    (Debian 12 ships 7.2) does not refuse a poisoned VM; it dies with SIGBUS during the
+    migration and the VM is lost.
+author:
+  - kvm_ras maintainers
+requirements:
+  - libvirt-python on the source hypervisor (Debian/Ubuntu package C(python3-libvirt)).
+extends_documentation_fragment:
+  - kvm_ras.poison_guard.attributes
+  - kvm_ras.poison_guard.attributes.ACTING_MODULE
+options:
+  name:
+    description:
+      - Name of the libvirt domain to migrate.
+    type: str
+    required: true
+  dest_uri:
+    description:
+      - libvirt URI of the destination hypervisor, for example V(qemu+tcp://hv2/system) or
+        V(qemu+ssh://root@hv2/system).
+      - With O(peer2peer=true) the source libvirtd opens it; otherwise this module opens it.
+        The module opens it in both cases to check where the VM runs.
+    type: str
+    required: true
+  source_uri:
+    description:
+      - libvirt URI of the source hypervisor, as seen from the host the module runs on.
+    type: str
+    default: qemu:///system
+  live:
+    description:
+      - Keep the VM running while its memory is copied (C(VIR_MIGRATE_LIVE)). With V(false)
+        the VM is paused for the whole transfer.
+    type: bool
+    default: true
+  persistent_dest:
+    description:
+      - Make the VM persistent (defined) on the destination (C(VIR_MIGRATE_PERSIST_DEST)).
+    type: bool
+    default: true
+  undefine_source:
+    description:
+      - Remove the VM's definition from the source once it runs on the destination
+        (C(VIR_MIGRATE_UNDEFINE_SOURCE)).
+    type: bool
+    default: true
+  peer2peer:
+    description:
+      - Let the source libvirtd drive the migration and talk to the destination libvirtd
+        itself (C(VIR_MIGRATE_PEER2PEER)). The migration then does not depend on this module's
+        own connection to the destination, and O(tunnelled) becomes possible.
+      - With V(false) the module drives the migration between the two libvirt connections,
+        like C(virsh migrate) without C(--p2p).
+    type: bool
+    default: true
+  tunnelled:
+    description:
+      - Send the migration stream through the libvirtd connection instead of a direct
+        QEMU-to-QEMU connection (C(VIR_MIGRATE_TUNNELLED)). Needs O(peer2peer=true).
+    type: bool
+    default: false
+  bandwidth:
+    description:
+      - Bandwidth limit for the migration stream in MiB/s. Unset means libvirt's default
+        (unlimited).
+    type: int
+  max_downtime:
+    description:
+      - Longest pause of the VM at the end of the migration, in milliseconds
+        (C(virDomainMigrateSetMaxDowntime)). Unset means QEMU's default (300 ms).
+    type: int
+  auto_converge:
+    description:
+      - Throttle the guest's vCPUs when its memory is dirtied faster than it can be sent
+        (C(VIR_MIGRATE_AUTO_CONVERGE)).
+    type: bool
+    default: false
+  postcopy:
+    description:
+      - Opt in to post-copy. The migration starts as pre-copy with C(VIR_MIGRATE_POSTCOPY)
+        allowed. If it has not finished when O(timeout) passes, it switches to post-copy
+        instead of aborting. The VM then runs on the destination while its remaining memory
+        is pulled from the source, and it gets one more O(timeout) window to finish.
+      - A post-copy migration cannot be aborted. If the network or either hypervisor fails
+        during post-copy, the VM is lost. This is why it is off by default.
+    type: bool
+    default: false
+  copy_storage:
+    description:
+      - Copy disks that are not on shared storage. V(all) copies whole disks
+        (C(VIR_MIGRATE_NON_SHARED_DISK)). V(inc) copies only the top image of each backing
+        chain (C(VIR_MIGRATE_NON_SHARED_INC)). V(none) expects shared storage. The destination
+        needs a storage pool for the disks' directory.
+    type: str
+    choices: [none, all, inc]
+    default: none
+  unsafe:
+    description:
+      - Migrate even when libvirt considers it unsafe, for example writable disks on storage
+        libvirt does not know to be shared (C(VIR_MIGRATE_UNSAFE)).
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds the migration may take. When exceeded, the migration job is aborted and the
+        VM keeps running on the source (RV(failure.class=timeout)). With O(postcopy=true) the
+        migration switches to post-copy instead, see there.
+    type: float
+    default: 600
+  poll_interval:
+    description:
+      - Seconds between two reads of the migration job's statistics (progress and timeout
+        checks).
+    type: float
+    default: 1.0
+notes:
+  - The module never undefines or destroys a VM itself. It only asks libvirt to migrate,
+    abort, or switch to post-copy.
+  - When O(max_downtime) is set, the source QEMU keeps that downtime limit after a failed or
+    aborted migration.
+seealso:
+  - module: kvm_ras.poison_guard.migration_gate
+  - module: kvm_ras.poison_guard.poison_info
+"""
+
+EXAMPLES = r"""
+- name: Gate, then migrate the allowed VMs of hv1 to hv2
+  hosts: hv1
+  become: true
+  tasks:
+    - name: Decide which VMs may be migrated
+      kvm_ras.poison_guard.migration_gate:
+        on_poisoned: skip
+        on_unknown: skip
+      register: gate
+
+    - name: Live-migrate every allowed VM
+      kvm_ras.poison_guard.live_migrate:
+        name: "{{ item }}"
+        dest_uri: qemu+tcp://hv2/system
+        bandwidth: 500
+        timeout: 300
+      loop: "{{ gate.allowed }}"
+
+- name: Migrate over ssh, copying local disks, with a short downtime limit
+  kvm_ras.poison_guard.live_migrate:
+    name: web 01
+    dest_uri: qemu+ssh://root@hv3/system
+    copy_storage: all
+    max_downtime: 100
+    auto_converge: true
+  register: move
+
+- name: Say where the VM ended up
+  ansible.builtin.debug:
+    msg: "{{ move.running_on }} after {{ move.job.duration_ms }} ms, {{ move.job.data_total_bytes }} bytes"
+"""
+
+RETURN = r"""
+name:
+  description: The VM's name.
+  returned: always
+  type: str
+  sample: web01
+dest_uri:
+  description: The destination URI used.
+  returned: always
+  type: str
+  sample: qemu+tcp://hv2/system
+running_on:
+  description:
+    - Where the VM runs after the module, as found by asking both hypervisors.
+    - V(source), V(destination), V(both) or V(none). V(unknown) appears when a hypervisor could
+      not be asked. V(both) and V(none) are critical, see RV(critical).
+  returned: always
+  type: str
+  sample: destination
+placement:
+  description: What each hypervisor reported for the VM afterwards.
+  returned: always
+  type: dict
+  contains:
+    source:
+      description: V(running), V(defined) (inactive definition), V(absent) or V(unknown).
+      type: str
+    destination:
+      description: V(running), V(defined), V(absent) or V(unknown).
+      type: str
+  sample: {source: absent, destination: running}
+critical:
+  description:
+    - True when the VM runs on both hypervisors (two QEMUs writing the same disks) or on
+      neither (the VM is down) after a migration attempt. Such a run always fails with a
+      message that starts with C(CRITICAL).
+  returned: always
+  type: bool
+  sample: false
+migrated:
+  description: True when this run moved the VM.
+  returned: always
+  type: bool
+  sample: true
+flags:
+  description: Names of the libvirt migration flags used (or that would be used in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [VIR_MIGRATE_LIVE, VIR_MIGRATE_PEER2PEER, VIR_MIGRATE_PERSIST_DEST, VIR_MIGRATE_UNDEFINE_SOURCE]
+params:
+  description: Typed migration parameters passed to libvirt.
+  returned: always
+  type: dict
+  sample: {bandwidth: 100}
+job:
+  description:
+    - Statistics of the migration job, from the destination's record of the completed job
+      when available, else from the last poll. Times in milliseconds, sizes in bytes.
+      Keys libvirt did not report are null.
+  returned: when a migration was started
+  type: dict
+  contains:
+    duration_ms:
+      description: Time the job took.
+      type: int
+    downtime_ms:
+      description: How long the VM was paused at the switch-over (known after completion).
+      type: int
+    data_total_bytes:
+      description: Total data to transfer.
+      type: int
+    data_processed_bytes:
+      description: Data transferred.
+      type: int
+    data_remaining_bytes:
+      description: Data still to transfer.
+      type: int
+    memory_iterations:
+      description: Number of passes over guest memory.
+      type: int
+    job_type:
+      description: V(completed), V(failed), V(cancelled), V(unbounded) and so on.
+      type: str
+  sample:
+    duration_ms: 812
+    downtime_ms: 21
+    data_total_bytes: 67773440
+    data_processed_bytes: 624640
+    data_remaining_bytes: 0
+    memory_iterations: 2
+    job_type: completed
+duration_seconds:
+  description: Wall-clock seconds from the start of the migration call to its end.
+  returned: when a migration was started
+  type: float
+  sample: 0.93
+progress:
+  description: The last job-statistics samples taken while the migration ran (at most 20).
+  returned: when a migration was started
+  type: list
+  elements: dict
+  sample: [{elapsed_s: 1.0, data_processed_bytes: 1048576, data_remaining_bytes: 5242880, memory_iterations: 1}]
+failure:
+  description: Why the migration failed; null when it did not.
+  returned: always
+  type: dict
+  contains:
+    class:
+      description: V(poisoned), V(timeout), V(destination) or V(other).
+      type: str
+    message:
+      description: libvirt's error message, unchanged.
+      type: str
+    explanation:
+      description: What the class means for the VM and what to do.
+      type: str
+  sample:
+    class: poisoned
+    message: >-
+      internal error: unable to execute QEMU command 'migrate': Can't migrate this vm with
+      hardware poisoned memory, please reboot the vm and try again
+    explanation: QEMU refused to migrate ...
+aborted:
+  description: True when the module asked libvirt to abort the job because O(timeout) passed.
+  returned: always
+  type: bool
+  sample: false
+postcopy_started:
+  description: True when the migration was switched to post-copy.
+  returned: always
+  type: bool
+  sample: false
+"""
+
+import re
+import time
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration import (
+    CRITICAL_PLACEMENTS,
+    MigrationInputError,
+    build_plan,
+    classify_error,
+    resolve_flags,
+    resolve_params,
+    shape_job_stats,
+    supervise,
+    where_running,
+)
+
+LIBVIRT_IMPORT_ERROR = None
+try:
+    import libvirt
+except ImportError:
+    libvirt = None
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+
+HOST_UUID_RE = re.compile(r"<host>\s*<uuid>([^<]+)</uuid>")
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    dest_uri=dict(type="str", required=True),
+    source_uri=dict(type="str", default="qemu:///system"),
+    live=dict(type="bool", default=True),
+    persistent_dest=dict(type="bool", default=True),
+    undefine_source=dict(type="bool", default=True),
+    peer2peer=dict(type="bool", default=True),
+    tunnelled=dict(type="bool", default=False),
+    bandwidth=dict(type="int"),
+    max_downtime=dict(type="int"),
+    auto_converge=dict(type="bool", default=False),
+    postcopy=dict(type="bool", default=False),
+    copy_storage=dict(type="str", choices=["none", "all", "inc"], default="none"),
+    unsafe=dict(type="bool", default=False),
+    timeout=dict(type="float", default=600),
+    poll_interval=dict(type="float", default=1.0),
+)
+
+
+def _is_no_domain(exc):
+    return getattr(exc, "get_error_code", lambda: None)() == getattr(libvirt, "VIR_ERR_NO_DOMAIN", 42)
+
+
+def domain_state(conn, name):
+    """(state word, domain or None): running / defined / absent / unknown."""
+    if conn is None:
+        return "unknown", None
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if _is_no_domain(exc):
+            return "absent", None
+        return "unknown", None
+    try:
+        return ("running" if dom.isActive() else "defined"), dom
+    except libvirt.libvirtError as exc:
+        if _is_no_domain(exc):
+            return "absent", None
+        return "unknown", dom
+
+
+def host_uuid(conn):
+    """The libvirt host UUID of a connection (from its capabilities), or None."""
+    try:
+        match = HOST_UUID_RE.search(conn.getCapabilities())
+    except libvirt.libvirtError:
+        return None
+    return match.group(1).strip().lower() if match else None
+
+
+def _active(state):
+    return {"running": True, "defined": False, "absent": False}.get(state)
+
+
+def _close(conn):
+    if conn is not None:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+def _list_names(conn):
+    try:
+        return sorted(dom.name() for dom in conn.listAllDomains(0))
+    except libvirt.libvirtError:
+        return []
+
+
+class LiveMigration:
+    """One run of the module: connect, decide, migrate, check, report."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.name = module.params["name"]
+        self.dest_uri = module.params["dest_uri"]
+        self.source = None
+        self.dest = None
+        self.result = {
+            "changed": False,
+            "name": self.name,
+            "dest_uri": self.dest_uri,
+            "running_on": "unknown",
+            "placement": {"source": "unknown", "destination": "unknown"},
+            "critical": False,
+            "migrated": False,
+            "flags": [],
+            "params": {},
+            "failure": None,
+            "aborted": False,
+            "postcopy_started": False,
+        }
+
+    def fail(self, msg, **extra):
+        self.result.update(extra)
+        self.module.fail_json(msg=msg, **self.result)
+
+    def fail_classified(self, message, timed_out=False, phase="migrate", prefix=""):
+        error_class, explanation = classify_error(message, timed_out=timed_out, phase=phase)
+        self.result["failure"] = {"class": error_class, "message": message, "explanation": explanation}
+        where = self.result["running_on"]
+        text = "%slive migration of %r to %s failed (%s): %s; the VM runs on: %s" % (
+            prefix, self.name, self.dest_uri, error_class, message, where)
+        if where in CRITICAL_PLACEMENTS:
+            text = "CRITICAL: VM %r is running on %s after a failed migration. %s" % (
+                self.name, "BOTH hypervisors" if where == "both" else "NEITHER hypervisor", text)
+        self.module.fail_json(msg=text, **self.result)
+
+    def observe(self, migration_started):
+        src_state, _dom = domain_state(self.source, self.name)
+        dst_state, _ddom = domain_state(self.dest, self.name)
+        self.result["placement"] = {"source": src_state, "destination": dst_state}
+        self.result["running_on"] = where_running(_active(src_state), _active(dst_state), migration_started)
+        self.result["critical"] = migration_started and self.result["running_on"] in CRITICAL_PLACEMENTS
+        return src_state, dst_state
+
+    def run(self):
+        try:
+            plan = build_plan(self.params)
+        except MigrationInputError as exc:
+            self.fail(str(exc))
+        self.result["flags"] = list(plan["flags"])
+        self.result["params"] = dict(plan["params"])
+
+        if not self.name:
+            self.fail("name is empty: give the libvirt domain name of the VM to migrate")
+        opener = libvirt.openReadOnly if self.module.check_mode else libvirt.open
+        try:
+            self.source = opener(self.params["source_uri"])
+        except libvirt.libvirtError as exc:
+            self.fail("cannot open the source libvirt %s: %s (is libvirtd running, and does the task run "
+                      "with become on the source hypervisor?)" % (self.params["source_uri"], exc))
+        try:
+            self.dest = opener(self.dest_uri)
+        except libvirt.libvirtError as exc:
+            self.dest = None
+            self.observe(migration_started=False)
+            self.fail_classified(str(exc), phase="connect_destination")
+
+        source_host, dest_host = host_uuid(self.source), host_uuid(self.dest)
+        if source_host and source_host == dest_host:
+            self.fail("dest_uri %s reaches the source hypervisor itself (host UUID %s): give the URI of "
+                      "another hypervisor" % (self.dest_uri, source_host))
+        src_state, dst_state = self.observe(migration_started=False)
+        if src_state == "running" and dst_state == "running":
+            self.result["critical"] = True
+            self.fail("CRITICAL: VM %r is already running on BOTH %s and %s; stop one of them by hand "
+                      "(two QEMUs may be writing the same disks) before anything else" % (
+                          self.name, self.params["source_uri"], self.dest_uri))
+        if dst_state == "running":
+            warnings = []
+            if src_state == "defined" and self.params["undefine_source"]:
+                warnings.append("VM %r runs on the destination but an inactive definition is left on the "
+                                "source; remove it when you no longer need it" % self.name)
+            self.module.exit_json(msg="VM %r already runs on %s" % (self.name, self.dest_uri),
+                                  warnings=warnings, **self.result)
+        if src_state != "running":
+            if src_state == "defined":
+                self.fail("VM %r is defined on the source but not running: live_migrate moves running VMs "
+                          "only" % self.name)
+            if src_state == "absent":
+                self.fail("VM %r was not found on the source (%s: %s) and does not run on %s" % (
+                    self.name, self.params["source_uri"], ", ".join(_list_names(self.source)) or "no VMs",
+                    self.dest_uri))
+            self.fail("cannot tell whether VM %r runs on the source %s" % (self.name, self.params["source_uri"]))
+
+        if self.module.check_mode:
+            self.result["changed"] = True
+            self.module.exit_json(msg="would migrate %r to %s with %s" % (
+                self.name, self.dest_uri, ", ".join(plan["flags"]) or "no flags"), **self.result)
+        self.migrate(plan)
+
+    def migrate(self, plan):
+        dom = self.source.lookupByName(self.name)
+        flags = resolve_flags(plan["flags"], libvirt)
+        params = resolve_params(plan["params"], libvirt)
+        downtime = {"pending": plan["max_downtime"]}
+        if downtime["pending"]:
+            try:
+                dom.migrateSetMaxDowntime(downtime["pending"], 0)
+                downtime["pending"] = None
+            except libvirt.libvirtError:
+                pass  # some libvirt versions accept it only while the migration job runs: set it at the first poll
+
+        if plan["peer2peer"]:
+            def start():
+                return dom.migrateToURI3(self.dest_uri, params, flags)
+        else:
+            def start():
+                return dom.migrate3(self.dest, params, flags)
+
+        def poll():
+            if downtime["pending"]:
+                dom.migrateSetMaxDowntime(downtime["pending"], 0)
+                downtime["pending"] = None
+            return dom.jobStats(0)
+
+        switch = None
+        if plan["postcopy"]:
+            def switch():
+                dom.migrateStartPostCopy(0)
+
+        wall = time.time()
+        outcome = supervise(start, poll, dom.abortJob, self.params["timeout"], self.params["poll_interval"],
+                            switch_to_postcopy=switch)
+        self.result["duration_seconds"] = round(time.time() - wall, 3)
+        self.result["aborted"] = outcome["abort_requested"]
+        self.result["postcopy_started"] = outcome["postcopy_started"]
+        self.result["progress"] = outcome["progress"]
+        src_state, dst_state = self.observe(migration_started=True)
+        self.result["job"] = self.completed_stats(dom, dst_state) or shape_job_stats(outcome["last_stats"])
+        moved = dst_state == "running" and src_state != "running"
+        self.result["changed"] = moved or self.result["placement"]["source"] != "running"
+        self.result["migrated"] = moved
+
+        if not outcome["finished"]:
+            message = "the migration job was still running %d s after %s" % (
+                self.params["timeout"], "the switch to post-copy" if outcome["postcopy_started"]
+                else "the abort request (%s)" % (outcome["abort_error"] or "accepted"))
+            self.fail_classified(message, timed_out=True)
+        if outcome["error"] is not None:
+            self.fail_classified(str(outcome["error"]), timed_out=outcome["abort_requested"])
+        if self.result["critical"] or not moved:
+            self.fail_classified("libvirt reported success but the VM is not running on the destination only "
+                                 "(source: %s, destination: %s)" % (src_state, dst_state))
+        self.module.exit_json(msg="migrated %r to %s in %.1f s" % (
+            self.name, self.dest_uri, self.result["duration_seconds"]), **self.result)
+
+    def completed_stats(self, dom, dst_state):
+        """Statistics of the finished job: the destination keeps them, the source if it still has the VM."""
+        candidates = []
+        if dst_state in ("running", "defined"):
+            try:
+                candidates.append(self.dest.lookupByName(self.name))
+            except libvirt.libvirtError:
+                pass
+        candidates.append(dom)
+        for candidate in candidates:
+            try:
+                stats = candidate.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            except libvirt.libvirtError:
+                continue
+            if stats and stats.get("type") not in (None, 0):
+                return shape_job_stats(stats)
+        return None
+
+    def close(self):
+        _close(self.dest)
+        _close(self.source)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if libvirt is None:
+        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
+                         exception=LIBVIRT_IMPORT_ERROR)
+    migration = LiveMigration(module)
+    try:
+        migration.run()
+    finally:
+        migration.close()
+
+
+if __name__ == "__main__":
+    main()

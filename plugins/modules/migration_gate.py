@@ -1,0 +1,235 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Documentation only: the work is done by the action plugin plugins/action/migration_gate.py,
+# which also validates its options against the options documented here.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: migration_gate
+short_description: Decide which VMs may be migrated, saved, snapshotted or dumped, given their memory-poison status
+version_added: 0.1.0
+description:
+  - Action plugin, run for the B(source) hypervisor before live migration, C(virsh save),
+    memory snapshots or memory dumps. It never changes anything.
+  - Reading all of a VM's RAM while a page is hardware-poisoned kills the VM's QEMU with
+    SIGBUS. QEMU 9.0 and later refuse C(migrate) for such a VM. Older QEMU (Debian 12 ships
+    7.2) crashes. No QEMU release guards internal memory snapshots (C(savevm)) or
+    C(dump-guest-memory). The gate therefore blocks V(poisoned) VMs for B(every) O(operation),
+    whatever the running QEMU. The reason it reports is QEMU's own refusal, word for word.
+  - Fails closed. A VM whose status is V(unknown), or that is missing from the C(poison_info)
+    result, is blocked unless O(on_unknown=allow) is spelled out.
+  - Uses the result of M(kvm_ras.poison_guard.poison_info) given in O(poison_info). Without
+    it, the gate runs C(poison_info) on the host itself.
+author:
+  - kvm_ras maintainers
+extends_documentation_fragment:
+  - kvm_ras.poison_guard.attributes
+  - kvm_ras.poison_guard.attributes.DECISION_ACTION
+attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+  async:
+    description: Supports being used with the C(async) keyword.
+    support: none
+options:
+  vms:
+    description:
+      - Names or UUIDs of the VMs to decide on.
+      - Default is every VM in the C(poison_info) result, which is every running VM when the
+        gate runs C(poison_info) itself.
+      - A VM named here but absent from the C(poison_info) result is blocked with status
+        V(unknown).
+    type: list
+    elements: str
+  operation:
+    description:
+      - What is going to read the VMs' memory. The outcome is the same for every operation.
+        Each decision explains, in RV(decisions[].operation_note), how that operation meets
+        poisoned memory.
+      - V(live_migration) uses QMP C(migrate). QEMU 9.0+ refuses it, older QEMU dies.
+      - V(save) covers C(virsh save) and C(managedsave), which use C(migrate) to a file and
+        behave like a live migration.
+      - V(memory_snapshot) covers snapshots with memory. Internal snapshots (C(savevm)) are
+        not guarded by any QEMU release.
+      - V(dump) covers C(dump-guest-memory) and C(virsh dump --memory-only), which are not
+        guarded by any QEMU release.
+    type: str
+    choices: [live_migration, save, memory_snapshot, dump]
+    default: live_migration
+  on_poisoned:
+    description:
+      - V(fail) fails the task when any VM is V(poisoned). The message lists every blocked VM.
+      - V(skip) blocks poisoned VMs but lets the task succeed. Loop over RV(allowed) afterwards.
+    type: str
+    choices: [fail, skip]
+    default: fail
+  on_unknown:
+    description:
+      - What to do with VMs whose poison status is V(unknown), meaning their memory could not
+        be fully inspected.
+      - V(fail) fails the task. V(skip) blocks them and lets the task succeed. V(allow) lets
+        them through with a warning. If such a VM turns out to be poisoned, a QEMU without the
+        guard crashes (see RV(unguarded)).
+      - VMs missing from the C(poison_info) result were never inspected and are blocked even
+        with V(allow). They fail the task unless this is V(skip).
+    type: str
+    choices: [fail, skip, allow]
+    default: fail
+  poison_info:
+    description:
+      - A result of M(kvm_ras.poison_guard.poison_info) gathered earlier for this host, for
+        example a registered variable.
+      - Unset means the gate runs C(kvm_ras.poison_guard.poison_info) on the host itself (with
+        O(vms)), which needs become on the hypervisor.
+      - The result of a failed or skipped C(poison_info) task is rejected.
+    type: dict
+notes:
+  - The decision table is in the collection's C(docs/migration_gate.md).
+  - O(on_poisoned=skip) with a loop over RV(allowed) is the pattern for evacuations. Blocked
+    poisoned VMs need a guest reboot, which clears QEMU's poison list, before they can be
+    migrated.
+seealso:
+  - module: kvm_ras.poison_guard.poison_info
+  - module: kvm_ras.poison_guard.live_migrate
+"""
+
+EXAMPLES = r"""
+- name: Refuse to go on if any VM of this hypervisor is poisoned or could not be inspected
+  kvm_ras.poison_guard.migration_gate:
+  become: true
+
+- name: Gate with an earlier poison_info result, skip blocked VMs, migrate the rest
+  block:
+    - name: Inspect the VMs
+      kvm_ras.poison_guard.poison_info:
+      become: true
+      register: poison
+
+    - name: Decide
+      kvm_ras.poison_guard.migration_gate:
+        poison_info: "{{ poison }}"
+        on_poisoned: skip
+        on_unknown: skip
+      register: gate
+
+    - name: Migrate what the gate allowed
+      kvm_ras.poison_guard.live_migrate:
+        name: "{{ item }}"
+        dest_uri: qemu+tcp://hv2/system
+      loop: "{{ gate.allowed }}"
+      become: true
+
+- name: Before taking memory dumps of two VMs
+  kvm_ras.poison_guard.migration_gate:
+    vms:
+      - web01
+      - db01
+    operation: dump
+  become: true
+"""
+
+RETURN = r"""
+allowed:
+  description: Names of the VMs that may go ahead, in the order asked.
+  returned: always
+  type: list
+  elements: str
+  sample: [web01, db01]
+blocked:
+  description: The VMs that must not go ahead.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: VM name, or the name/UUID asked for when the VM is missing from C(poison_info).
+      type: str
+    status:
+      description: V(poisoned) or V(unknown).
+      type: str
+    reason:
+      description:
+        - For V(poisoned) VMs exactly C(Can't migrate this vm with hardware poisoned memory,
+          please reboot the vm and try again), QEMU's own refusal.
+        - For V(unknown) VMs, why the status is unknown.
+      type: str
+    evidence:
+      description:
+        - The C(poison_info) evidence for the VM, as a list of C({source, detail}). For
+          V(unknown) VMs it also holds C(poison_info)'s reasons.
+      type: list
+      elements: dict
+  sample:
+    - name: web02
+      status: poisoned
+      reason: Can't migrate this vm with hardware poisoned memory, please reboot the vm and try again
+      evidence: [{source: pagemap, detail: "hwpoison entry at hva 0x7f3a2c5f1000 pfn 0x1ea8ba"}]
+unguarded:
+  description:
+    - Names of the VMs whose running QEMU does not refuse poisoned migration (C(migration_guard)
+      false or unknown in C(poison_info)), whatever the decision. Migrating one of these while
+      it has an undetected poisoned page crashes it.
+  returned: always
+  type: list
+  elements: str
+  sample: [web01]
+decisions:
+  description: One decision per VM asked about.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: VM name.
+      type: str
+    status:
+      description: V(poisoned), V(clean) or V(unknown).
+      type: str
+    operation:
+      description: The O(operation) decided for.
+      type: str
+    decision:
+      description: V(allow) or V(block).
+      type: str
+    fails:
+      description: Whether this VM makes the task fail under the chosen policy.
+      type: bool
+    reason:
+      description: Why.
+      type: str
+    operation_note:
+      description: How this operation meets poisoned memory and why the gate guards it.
+      type: str
+    migration_guard:
+      description: Whether the VM's running QEMU refuses poisoned migration (true, false, or null).
+      type: bool
+    in_poison_info:
+      description: False when the VM was asked for but missing from the C(poison_info) result.
+      type: bool
+operation:
+  description: The operation decided for.
+  returned: always
+  type: str
+  sample: live_migration
+poison_info_gathered:
+  description: True when the gate ran C(poison_info) itself (O(poison_info) was not given).
+  returned: always
+  type: bool
+  sample: true
+poison_info:
+  description: The C(poison_info) result the gate gathered itself, to reuse in later tasks.
+  returned: when O(poison_info) was not given
+  type: dict
+  sample: {vms: [{name: web01, status: clean, migration_guard: true}], poisoned_vms: []}
+msg:
+  description: A summary. When the task fails it names every blocked VM, its status and the reason.
+  returned: always
+  type: str
+  sample: "live_migration allowed for 2 VM(s), skipped 1 blocked VM(s): 'web02' (poisoned): Can't migrate ..."
+"""

@@ -1,0 +1,193 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The migration_gate action plugin's orchestration, with a fake ``_execute_module``.
+
+What is faked: only the remote run of kvm_ras.poison_guard.poison_info (``_execute_module``),
+whose results below follow the shared poison_info result contract. Everything else is the real
+ActionBase (argument validation, check-mode handling) of the installed ansible-core. The real
+playbook run of the gate is covered by molecule/migrate and the poison-lab integration test.
+"""
+
+from __future__ import annotations
+
+from unittest.mock import MagicMock
+
+import pytest
+
+from ansible.errors import AnsibleActionFail
+from ansible.parsing.dataloader import DataLoader
+from ansible.playbook.play_context import PlayContext
+from ansible.playbook.task import Task
+
+from ansible_collections.kvm_ras.poison_guard.plugins.action import migration_gate as action_mod
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
+
+POISON_RESULT = {
+    "changed": False,
+    "vms": [
+        {"name": "web01", "uuid": "8f1e0d3c-3a4b-4c5d-9e6f-0a1b2c3d4e5f", "pid": 4242, "status": "clean",
+         "poisoned_pages": [], "evidence": [], "migration_guard": True, "reasons": []},
+        {"name": "db 02 $(touch /tmp/pwned)", "uuid": None, "pid": 4343, "status": "poisoned",
+         "poisoned_pages": [{"hva": "0x7f3a2c5f1000", "pfn": "0x1ea8ba", "gpa": None, "source": "pagemap"}],
+         "evidence": [{"source": "pagemap", "detail": "hwpoison swap entry at hva 0x7f3a2c5f1000, pfn 0x1ea8ba"}],
+         "migration_guard": False, "reasons": []},
+        {"name": "cache03", "uuid": None, "pid": 4444, "status": "unknown", "poisoned_pages": [],
+         "evidence": [], "migration_guard": None, "reasons": ["/proc/4444/pagemap: permission denied"]},
+    ],
+    "poisoned_vms": ["db 02 $(touch /tmp/pwned)"],
+    "unknown_vms": ["cache03"],
+    "clean_vms": ["web01"],
+}
+
+
+def make_action(args, check_mode=False, execute_result=None):
+    task = Task()
+    task.action = "kvm_ras.poison_guard.migration_gate"
+    task.args = args
+    task.check_mode = check_mode
+    play_context = PlayContext()
+    play_context.check_mode = check_mode
+    connection = MagicMock()
+    connection._shell.tmpdir = None
+    action = action_mod.ActionModule(task, connection, play_context, loader=DataLoader(), templar=None,
+                                     shared_loader_obj=None)
+    calls = []
+
+    def fake_execute_module(module_name=None, module_args=None, task_vars=None, **kwargs):
+        calls.append({"module_name": module_name, "module_args": module_args, "kwargs": kwargs})
+        return dict(execute_result if execute_result is not None else POISON_RESULT)
+
+    action._execute_module = fake_execute_module
+    return action, calls
+
+
+def test_argument_spec_comes_from_the_documented_options_and_matches_the_decision_table():
+    spec = action_mod.ARGUMENT_SPEC
+    assert set(spec) == {"vms", "operation", "on_poisoned", "on_unknown", "poison_info"}
+    assert spec["operation"]["choices"] == list(gate.OPERATIONS)
+    assert spec["on_poisoned"]["choices"] == list(gate.ON_POISONED)
+    assert spec["on_unknown"]["choices"] == list(gate.ON_UNKNOWN)
+    assert spec["operation"]["default"] == "live_migration"
+    assert spec["on_poisoned"]["default"] == "fail"
+    assert spec["on_unknown"]["default"] == "fail"
+    assert spec["vms"] == {"type": "list", "elements": "str"}
+    assert spec["poison_info"] == {"type": "dict"}
+
+
+def test_gathers_poison_info_on_the_host_with_the_vms_option_and_fails_on_poisoned():
+    action, calls = make_action({"vms": ["web01", "db 02 $(touch /tmp/pwned)"]})
+    result = action.run(task_vars={})
+    assert calls == [{"module_name": "kvm_ras.poison_guard.poison_info",
+                      "module_args": {"vms": ["web01", "db 02 $(touch /tmp/pwned)"]}, "kwargs": {}}]
+    assert result["failed"] is True
+    assert result["changed"] is False
+    assert result["allowed"] == ["web01"]
+    assert result["blocked"] == [{
+        "name": "db 02 $(touch /tmp/pwned)", "status": "poisoned", "reason": UPSTREAM_REFUSAL,
+        "evidence": POISON_RESULT["vms"][1]["evidence"]}]
+    assert result["unguarded"] == ["db 02 $(touch /tmp/pwned)"]
+    assert result["msg"] == ("live_migration blocked for 1 VM(s): 'db 02 $(touch /tmp/pwned)' (poisoned): "
+                             + UPSTREAM_REFUSAL)
+    assert result["poison_info_gathered"] is True
+    assert result["poison_info"]["vms"] == POISON_RESULT["vms"]
+
+
+def test_without_vms_the_module_is_called_without_vms_and_every_vm_is_decided():
+    action, calls = make_action({"on_poisoned": "skip", "on_unknown": "skip"})
+    result = action.run(task_vars={})
+    assert calls[0]["module_args"] == {}
+    assert result.get("failed") is False
+    assert result["allowed"] == ["web01"]
+    assert [b["name"] for b in result["blocked"]] == ["db 02 $(touch /tmp/pwned)", "cache03"]
+    assert result["msg"].startswith("live_migration allowed for 1 VM(s), skipped 2 blocked VM(s): ")
+    assert "'cache03' (unknown)" in result["msg"]
+    assert {"source": "poison_info", "detail": "/proc/4444/pagemap: permission denied"} in result["blocked"][1]["evidence"]
+
+
+def test_fail_message_lists_every_blocked_vm():
+    action, _calls = make_action({"operation": "save"})
+    result = action.run(task_vars={})
+    assert result["failed"] is True
+    assert result["msg"] == (
+        "save blocked for 2 VM(s): 'db 02 $(touch /tmp/pwned)' (poisoned): " + UPSTREAM_REFUSAL
+        + "; 'cache03' (unknown): poison status unknown: its guest memory could not be fully inspected")
+
+
+def test_given_poison_info_is_used_and_the_module_is_not_run():
+    action, calls = make_action({"poison_info": POISON_RESULT, "vms": ["web01"]})
+    result = action.run(task_vars={})
+    assert calls == []
+    assert result["allowed"] == ["web01"]
+    assert result["failed"] is False
+    assert result["poison_info_gathered"] is False
+    assert "poison_info" not in result
+
+
+def test_allow_unknown_is_a_warning_naming_the_unguarded_qemu():
+    action, _calls = make_action({"poison_info": POISON_RESULT, "vms": ["cache03"], "on_unknown": "allow"})
+    result = action.run(task_vars={})
+    assert result["allowed"] == ["cache03"]
+    assert result["failed"] is False
+    assert len(result["warnings"]) == 1
+    assert result["warnings"][0].startswith("cache03: allowed by on_unknown=allow")
+    assert "migration_guard unknown" in result["warnings"][0]
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_check_mode_gives_the_same_decision_and_changes_nothing(check_mode):
+    action, calls = make_action({"on_poisoned": "skip", "on_unknown": "skip"}, check_mode=check_mode)
+    result = action.run(task_vars={})
+    assert result["changed"] is False
+    assert result["allowed"] == ["web01"]
+    assert len(result["blocked"]) == 2
+    assert len(calls) == 1  # poison_info is read-only: it runs in check mode too
+
+
+def test_missing_vm_is_blocked_as_unknown():
+    action, _calls = make_action({"poison_info": POISON_RESULT, "vms": ["web01", "ghost"], "on_unknown": "allow"})
+    result = action.run(task_vars={})
+    assert result["failed"] is True
+    assert result["allowed"] == ["web01"]
+    assert result["blocked"][0]["name"] == "ghost"
+    assert result["blocked"][0]["status"] == "unknown"
+    assert "'ghost' (unknown): not in the poison_info result" in result["msg"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    ({"bogus": 1}, "Unsupported parameters"),
+    ({"operation": "savevm"}, "value of operation must be one of: live_migration, save, memory_snapshot, dump"),
+    ({"on_poisoned": "allow"}, "value of on_poisoned must be one of: fail, skip"),
+    ({"on_unknown": "ignore"}, "value of on_unknown must be one of: fail, skip, allow"),
+    ({"poison_info": "not a result"}, "poison_info"),
+])
+def test_bad_options_are_rejected_before_anything_runs(args, needle):
+    action, calls = make_action(args)
+    with pytest.raises(AnsibleActionFail) as err:
+        action.run(task_vars={})
+    assert needle in str(err.value)
+    assert calls == []
+
+
+def test_bad_poison_info_result_is_rejected_with_the_fix():
+    action, calls = make_action({"poison_info": {"changed": False}})
+    with pytest.raises(AnsibleActionFail) as err:
+        action.run(task_vars={})
+    assert "poison_info has no 'vms' list" in str(err.value)
+    assert calls == []
+
+
+def test_a_failed_registered_poison_info_result_is_rejected():
+    action, _calls = make_action({"poison_info": {"failed": True, "msg": "must run as root", "vms": []}})
+    with pytest.raises(AnsibleActionFail) as err:
+        action.run(task_vars={})
+    assert "failed poison_info run (must run as root)" in str(err.value)
+
+
+def test_failing_poison_info_on_the_host_blocks_everything():
+    action, _calls = make_action({}, execute_result={"failed": True, "msg": "libvirt: permission denied"})
+    with pytest.raises(AnsibleActionFail) as err:
+        action.run(task_vars={})
+    text = str(err.value)
+    assert "kvm_ras.poison_guard.poison_info failed on this host" in text
+    assert "fail closed" in text and "libvirt: permission denied" in text
+    assert err.value.result["allowed"] == []
