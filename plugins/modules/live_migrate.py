@@ -28,7 +28,7 @@ description:
     (Debian 12 ships 7.2) does not refuse a poisoned VM; it dies with SIGBUS during the
     migration and the VM is lost.
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 requirements:
   - libvirt-python on the source hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:

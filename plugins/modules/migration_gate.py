@@ -26,7 +26,7 @@ description:
   - Uses the result of M(kvm_ras.poison_guard.poison_info) given in O(poison_info). Without
     it, the gate runs C(poison_info) on the host itself.
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.DECISION_ACTION
