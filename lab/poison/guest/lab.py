@@ -1,0 +1,577 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Experiment driver of the poison lab. Runs as root INSIDE the nested VM (python3.11, stdlib).
+
+Every experiment starts a victim (the memhog helper or an inner QEMU), finds the physical
+page behind one of its virtual pages through /proc/PID/pagemap, poisons that page for real
+(debugfs hwpoison corrupt-pfn or madvise(MADV_HWPOISON)), records what the kernel and the
+victim show, runs the registered hooks against the live victim, then touches (memhog) or
+migrates (QEMU) the page and records the outcome.
+
+Output: progress lines, and one line per experiment:  RESULT {json}
+Usage:  python3 -u /lab/lab.py /lab/config.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+PAGE = 4096
+CORRUPT_PFN = '/sys/kernel/debug/hwpoison/corrupt-pfn'
+EARLY_KILL = '/proc/sys/vm/memory_failure_early_kill'
+MCE_BIOS = '/lab/mce-bios.bin'
+HOOKS_DIR = '/lab/hooks'
+MIGRATE_URI = 'exec:cat > /dev/null'
+HOOK_STDOUT_MAX = 256 * 1024
+HOOK_STDERR_MAX = 32 * 1024
+KPF_HWPOISON = 19
+KPF_NAMES = {
+    0: 'LOCKED', 1: 'ERROR', 2: 'REFERENCED', 3: 'UPTODATE', 4: 'DIRTY', 5: 'LRU', 6: 'ACTIVE',
+    7: 'SLAB', 8: 'WRITEBACK', 9: 'RECLAIM', 10: 'BUDDY', 11: 'MMAP', 12: 'ANON',
+    13: 'SWAPCACHE', 14: 'SWAPBACKED', 15: 'COMPOUND_HEAD', 16: 'COMPOUND_TAIL', 17: 'HUGE',
+    18: 'UNEVICTABLE', 19: 'HWPOISON', 20: 'NOPAGE', 21: 'KSM', 22: 'THP', 23: 'OFFLINE',
+    24: 'ZERO_PAGE', 25: 'IDLE', 26: 'PGTABLE',
+}
+SIGNAL_NAMES = {6: 'SIGABRT', 7: 'SIGBUS', 9: 'SIGKILL', 11: 'SIGSEGV', 15: 'SIGTERM'}
+
+# name -> (victim, parameters); the order here is the default order of a run
+EXPERIMENTS = {
+    'memhog-late': ('memhog', {'early_kill': 0, 'method': 'corrupt-pfn'}),
+    'memhog-early': ('memhog', {'early_kill': 1, 'method': 'corrupt-pfn'}),
+    'memhog-madvise': ('memhog', {'early_kill': 0, 'method': 'madvise'}),
+    'qemu-tcg': ('qemu', {'accel': 'tcg', 'mce_guest': False, 'gpa': 0x2000000}),
+    'qemu-kvm-reset': ('qemu', {'accel': 'kvm', 'mce_guest': False, 'gpa': 0x2000000}),
+    'qemu-kvm-mce': ('qemu', {'accel': 'kvm', 'mce_guest': True, 'gpa': 0x2345000}),
+}
+
+
+def uptime():
+    with open('/proc/uptime') as f:
+        return float(f.read().split()[0])
+
+
+def log(message):
+    sys.stdout.write(f'[lab {uptime():8.2f}] {message}\n')
+    sys.stdout.flush()
+
+
+def emit_result(result):
+    # one write per line: nothing else can end up in the middle of it
+    os.write(1, ('RESULT ' + json.dumps(result, sort_keys=True) + '\n').encode())
+
+
+def write_file(path, value):
+    with open(path, 'w') as f:
+        f.write(str(value))
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as exc:
+        return f'<{exc.strerror}>'
+
+
+def dmesg_take(label):
+    """Return (and clear) the kernel log lines written since the previous call."""
+    out = subprocess.run(['dmesg', '-c'], capture_output=True, text=True, check=False).stdout
+    lines = [line for line in out.splitlines() if line.strip()]
+    for line in lines:
+        log(f'dmesg[{label}] {line}')
+    return lines
+
+
+def hardware_corrupted_kb():
+    with open('/proc/meminfo') as f:
+        for line in f:
+            if line.startswith('HardwareCorrupted:'):
+                return int(line.split()[1])
+    return None
+
+
+def swap_areas():
+    with open('/proc/swaps') as f:
+        return max(0, len(f.read().splitlines()) - 1)
+
+
+def memory_failure_stats():
+    base = '/sys/devices/system/node/node0/memory_failure'
+    if not os.path.isdir(base):
+        return None
+    return {name: read_text(os.path.join(base, name)) for name in sorted(os.listdir(base))}
+
+
+def pagemap_entry(pid, vaddr):
+    with open(f'/proc/{pid}/pagemap', 'rb') as f:
+        f.seek(vaddr // PAGE * 8)
+        value, = struct.unpack('<Q', f.read(8))
+    entry = {'vaddr': hex(vaddr), 'raw': f'0x{value:016x}', 'present': value >> 63 & 1,
+             'swap': value >> 62 & 1, 'file_or_shared': value >> 61 & 1,
+             'exclusive': value >> 56 & 1, 'soft_dirty': value >> 55 & 1}
+    if entry['present']:
+        entry['pfn'] = hex(value & ((1 << 55) - 1))
+    if entry['swap']:
+        entry['swap_type'] = value & 0x1f
+        entry['swap_offset'] = hex(value >> 5 & ((1 << 50) - 1))
+    return entry
+
+
+def pagemap_or_error(pid, vaddr):
+    try:
+        return pagemap_entry(pid, vaddr)
+    except (OSError, struct.error) as exc:
+        return {'error': f'{exc.__class__.__name__}: {exc}'}
+
+
+def kpageflags(pfn):
+    with open('/proc/kpageflags', 'rb') as f:
+        f.seek(pfn * 8)
+        flags, = struct.unpack('<Q', f.read(8))
+    with open('/proc/kpagecount', 'rb') as f:
+        f.seek(pfn * 8)
+        count, = struct.unpack('<Q', f.read(8))
+    return {'pfn': hex(pfn), 'raw': f'0x{flags:016x}', 'hwpoison': flags >> KPF_HWPOISON & 1,
+            'names': [name for bit, name in sorted(KPF_NAMES.items()) if flags >> bit & 1],
+            'mapcount': count}
+
+
+def process_state(returncode):
+    """Describe a Popen returncode: None = still running, <0 = killed by a signal."""
+    if returncode is None:
+        return {'alive': True, 'signal': None, 'exit_code': None, 'text': 'alive'}
+    if returncode < 0:
+        sig = -returncode
+        return {'alive': False, 'signal': sig, 'exit_code': None,
+                'text': f'killed by signal {sig} ({SIGNAL_NAMES.get(sig, "?")})'}
+    return {'alive': False, 'signal': None, 'exit_code': returncode, 'text': f'exit {returncode}'}
+
+
+def inject_corrupt_pfn(pfn):
+    started = time.monotonic()
+    try:
+        write_file(CORRUPT_PFN, hex(pfn))
+        outcome = {'method': 'corrupt-pfn', 'ok': True, 'error': None}
+    except OSError as exc:
+        outcome = {'method': 'corrupt-pfn', 'ok': False, 'error': f'errno {exc.errno} ({exc.strerror})'}
+    outcome['duration_s'] = round(time.monotonic() - started, 3)
+    return outcome
+
+
+def kernel_view(label, pid, vaddr, pfn):
+    view = {'dmesg': dmesg_take(label), 'hardware_corrupted_kb': hardware_corrupted_kb(),
+            'memory_failure_sysfs': memory_failure_stats(), 'kpageflags': kpageflags(pfn),
+            'pagemap': pagemap_or_error(pid, vaddr)}
+    log(f'{label}: HardwareCorrupted {view["hardware_corrupted_kb"]} kB; '
+        f'pagemap {view["pagemap"]}; kpageflags {view["kpageflags"]["raw"]}')
+    return view
+
+
+# ------------------------------------------------------------------ hooks ----
+class Hooks:
+    """Runs the hooks registered in the run configuration (see poisonlab.harness.Hook)."""
+
+    def __init__(self, specs):
+        self.specs = specs
+
+    def run(self, experiment, point, env_extra):
+        reports = {}
+        for spec in self.specs:
+            if point not in spec['points']:
+                continue
+            if spec['experiments'] is not None and experiment not in spec['experiments']:
+                continue
+            reports[spec['name']] = self._run_one(spec, experiment, point, env_extra)
+        return reports
+
+    @staticmethod
+    def _run_one(spec, experiment, point, env_extra):
+        hook_dir = os.path.join(HOOKS_DIR, spec['name'])
+        env = dict(os.environ, LAB_EXPERIMENT=experiment, LAB_HOOK_POINT=point,
+                   LAB_HOOK_NAME=spec['name'], LAB_HOOK_DIR=hook_dir)
+        env.update({key: str(value) for key, value in env_extra.items() if value is not None})
+        started = time.monotonic()
+        timed_out = False
+        try:
+            proc = subprocess.run([os.path.join(hook_dir, 'run')], env=env, cwd=hook_dir,
+                                  capture_output=True, timeout=spec['timeout_s'], check=False)
+            rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            timed_out, rc = True, None
+            stdout, stderr = exc.stdout or b'', exc.stderr or b''
+        except OSError as exc:
+            rc, stdout, stderr = None, b'', f'cannot start hook: {exc}'.encode()
+        stdout_text = stdout.decode(errors='replace')
+        stderr_text = stderr.decode(errors='replace')
+        report = {'rc': rc, 'timed_out': timed_out, 'duration_s': round(time.monotonic() - started, 3),
+                  'stdout': stdout_text[:HOOK_STDOUT_MAX], 'stderr': stderr_text[-HOOK_STDERR_MAX:],
+                  'stdout_truncated': len(stdout_text) > HOOK_STDOUT_MAX, 'json': parse_json_output(stdout_text)}
+        log(f'hook {spec["name"]} [{experiment} {point}] rc={rc} timed_out={timed_out} '
+            f'{report["duration_s"]} s json={"yes" if report["json"] is not None else "no"}')
+        for line in stderr_text.splitlines()[-20:]:
+            log(f'hook {spec["name"]} stderr| {line}')
+        return report
+
+
+def parse_json_output(text):
+    """The whole output as JSON, else the last line that is a JSON object."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith('{'):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+# ----------------------------------------------------------------- memhog ----
+class Memhog:
+    def __init__(self, mib=16):
+        self.proc = subprocess.Popen(['/usr/bin/memhog', str(mib)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.ready = self.until('READY')
+
+    def until(self, prefix):
+        """Lines up to and including the first one starting with prefix (or until EOF)."""
+        lines = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            line = line.rstrip('\n')
+            lines.append(line)
+            log(f'memhog| {line}')
+            if line.startswith(prefix):
+                break
+        return lines
+
+    def command(self, text, answer):
+        try:
+            self.proc.stdin.write(text + '\n')
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # the process is gone: still drain what it printed
+        return self.until(answer)
+
+    def finish(self):
+        self.command('quit', 'BYE')
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def memhog_experiment(name, hooks, early_kill, method, page=100):
+    result = {'experiment': name, 'victim': 'memhog', 'early_kill': early_kill, 'swap_areas': swap_areas()}
+    write_file(EARLY_KILL, early_kill)
+    dmesg_take('pre')
+    hog = Memhog()
+    pid = hog.proc.pid
+    vaddr = int(hog.command(f'addr {page}', 'ADDR')[-1].split('vaddr=')[1], 16)
+    before = pagemap_entry(pid, vaddr)
+    pfn = int(before['pfn'], 16)
+    result.update(pid=pid, vaddr=hex(vaddr), pfn=hex(pfn), pagemap_before=before,
+                  kpageflags_before=kpageflags(pfn))
+    log(f'{name}: pid {pid} page {page} vaddr {vaddr:#x} pfn {pfn:#x}, poisoning with {method}')
+    if method == 'corrupt-pfn':
+        result['inject'] = inject_corrupt_pfn(pfn)
+    else:
+        started = time.monotonic()
+        lines = hog.command(f'madv {page}', 'MADV')
+        last = lines[-1] if lines else ''
+        result['inject'] = {'method': 'madvise', 'ok': 'ret=0' in last or last.endswith('sigbus'),
+                            'error': None if 'ret=0' in last or last.endswith('sigbus') else last,
+                            'victim_lines': lines, 'duration_s': round(time.monotonic() - started, 3)}
+    time.sleep(1)
+    result['victim_lines_after_inject'] = hog.command('ping', 'PONG')
+    after = kernel_view(f'{name} after-inject', pid, vaddr, pfn)
+    after['victim'] = process_state(hog.proc.poll())
+    result['after_inject'] = after
+    result['hooks'] = {'after-inject': hooks.run(name, 'after-inject', {
+        'LAB_VICTIM_PID': pid, 'LAB_VICTIM_COMM': 'memhog', 'LAB_VICTIM_IS_QEMU': 0,
+        'LAB_VICTIM_ALIVE': int(after['victim']['alive']), 'LAB_VADDR': hex(vaddr), 'LAB_PFN': hex(pfn)})}
+    result['touch'] = {'poisoned_page': hog.command(f'read {page}', 'READ'),
+                       'neighbour_page': hog.command(f'read {page + 1}', 'READ'),
+                       'dmesg': dmesg_take(f'{name} after-touch')}
+    result['victim_exit'] = process_state(hog.finish())
+    log(f'{name}: memhog {result["victim_exit"]["text"]}')
+    return result
+
+
+# ------------------------------------------------------------------- QEMU ----
+class QMP:
+    """Minimal QMP client; keeps the asynchronous events it reads on the way."""
+
+    def __init__(self, path, proc, timeout=120):
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX)
+            try:
+                sock.connect(path)
+                break
+            except OSError:
+                sock.close()
+                if proc.poll() is not None:
+                    raise RuntimeError(f'QEMU exited before its QMP socket came up ({process_state(proc.poll())["text"]})')
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'QMP socket {path} did not come up in {timeout} s')
+                time.sleep(0.2)
+        self.sock, self.buffer, self.events, self.closed = sock, b'', [], False
+        self.greeting = self._read(timeout)
+        self.command('qmp_capabilities')
+
+    def _read(self, timeout):
+        deadline = time.monotonic() + timeout
+        while b'\n' not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                return None
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                chunk = b''
+            if not chunk:
+                self.closed = True
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b'\n', 1)
+        return json.loads(line)
+
+    def _message(self, timeout):
+        message = self._read(timeout)
+        if message is not None and 'event' in message:
+            self.events.append(message)
+            log(f'qmp event {json.dumps(message)}')
+        return message
+
+    def command(self, name, arguments=None, timeout=60):
+        if self.closed:
+            return {'eof': 'QMP connection closed'}
+        request = {'execute': name}
+        if arguments:
+            request['arguments'] = arguments
+        try:
+            self.sock.sendall(json.dumps(request).encode() + b'\n')
+        except OSError as exc:
+            self.closed = True
+            return {'eof': f'QMP send failed: {exc}'}
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._message(max(0.0, deadline - time.monotonic()))
+            if message is None:
+                return {'eof': 'QMP connection closed'} if self.closed else {'timeout': f'no reply in {timeout} s'}
+            if 'event' not in message:
+                return message
+
+    def hmp(self, command_line):
+        reply = self.command('human-monitor-command', {'command-line': command_line})
+        return reply.get('return', json.dumps(reply)).strip()
+
+    def wait_event(self, name, timeout):
+        deadline = time.monotonic() + timeout
+        while not any(event['event'] == name for event in self.events):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return False
+            self._message(left)
+        return True
+
+
+def qemu_log_lines(path):
+    try:
+        with open(path, errors='replace') as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def parse_cr4(registers):
+    for token in registers.split():
+        if token.startswith('CR4='):
+            return int(token[4:], 16)
+    return None
+
+
+def qemu_experiment(name, hooks, qemu, accel, mce_guest, gpa):
+    result = {'experiment': name, 'victim': 'qemu', 'accel': accel, 'gpa': hex(gpa),
+              'mce_guest': mce_guest, 'qemu_binary': qemu['binary'], 'swap_areas': swap_areas(),
+              'early_kill': 0}
+    if accel == 'kvm' and not os.path.exists('/dev/kvm'):
+        result['error'] = 'no /dev/kvm in the lab VM (kvm_amd did not load)'
+        return result
+    write_file(EARLY_KILL, 0)
+    dmesg_take('pre')
+    control, hook_socket = f'/tmp/qmp-{name}.sock', f'/tmp/qmp-{name}-hooks.sock'
+    stderr_path = f'/tmp/qemu-{name}.log'
+    vm_name = f'lab-{name}'
+    argv = [qemu['binary'], *qemu['extra_args'], '-accel', accel, '-m', '64', '-S', '-display', 'none',
+            '-nodefaults', '-mem-prealloc', '-name', f'{vm_name},debug-threads=on',
+            '-qmp', f'unix:{control},server=on,wait=off', '-qmp', f'unix:{hook_socket},server=on,wait=off']
+    if mce_guest:  # the tiny BIOS sets CR4.MCE, then halts
+        argv += ['-bios', MCE_BIOS]
+    result['argv'] = argv
+    started = time.monotonic()
+    with open(stderr_path, 'w') as stderr_file:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr_file, stderr=subprocess.STDOUT)
+    try:
+        qmp = QMP(control, proc)
+    except RuntimeError as exc:
+        result['error'] = str(exc)
+        result['victim_exit'] = process_state(proc.poll())
+        result['qemu_log'] = qemu_log_lines(stderr_path)
+        return result
+    result['qemu_version'] = qmp.greeting.get('QMP', {}).get('version', {}).get('qemu') if qmp.greeting else None
+    result['qmp_ready_s'] = round(time.monotonic() - started, 3)
+    result['pid'] = proc.pid
+    result['comm'] = read_text(f'/proc/{proc.pid}/comm')
+    if mce_guest:
+        result['cont'] = qmp.command('cont')
+        time.sleep(2)
+        result['stop'] = qmp.command('stop')
+        cr4 = parse_cr4(qmp.hmp('info registers'))
+        result['cr4'] = None if cr4 is None else hex(cr4)
+        result['cr4_mce'] = None if cr4 is None else cr4 >> 6 & 1
+    result['status_before'] = qmp.command('query-status').get('return')
+    gpa2hva = qmp.hmp(f'gpa2hva {gpa:#x}')
+    result['gpa2hva'] = gpa2hva
+    hva = int(gpa2hva.split()[-1], 16)
+    before = pagemap_entry(proc.pid, hva)
+    pfn = int(before['pfn'], 16)
+    result.update(hva=hex(hva), vaddr=hex(hva), pfn=hex(pfn), pagemap_before=before,
+                  kpageflags_before=kpageflags(pfn))
+    log(f'{name}: QEMU pid {proc.pid} gpa {gpa:#x} hva {hva:#x} pfn {pfn:#x}, poisoning')
+    result['inject'] = inject_corrupt_pfn(pfn)
+    # settle: TCG QEMU dies within a few seconds; KVM QEMU reports MEMORY_FAILURE (and RESET)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and proc.poll() is None:
+        if qmp.wait_event('MEMORY_FAILURE', 0.5):
+            if not mce_guest:
+                qmp.wait_event('RESET', 3)
+            time.sleep(0.5)
+            break
+    if accel == 'tcg' and proc.poll() is None:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    after = kernel_view(f'{name} after-inject', proc.pid, hva, pfn)
+    after['victim'] = process_state(proc.poll())
+    alive = after['victim']['alive']
+    if alive:
+        after['status'] = qmp.command('query-status').get('return')
+        # Only read guest RAM through QEMU when the page is no longer a poison entry: reading a
+        # poisoned page here (xp, gpa2hpa) would consume the poison in QEMU's main thread.
+        if after['pagemap'].get('swap') == 0:
+            after['guest_read'] = qmp.hmp(f'xp /1xg {gpa:#x}')
+    after['qemu_log'] = qemu_log_lines(stderr_path)
+    result['after_inject'] = after
+    log(f'{name}: after injection QEMU {after["victim"]["text"]}')
+    hook_env = {'LAB_VICTIM_PID': proc.pid, 'LAB_VICTIM_COMM': result['comm'], 'LAB_VICTIM_IS_QEMU': 1,
+                'LAB_VADDR': hex(hva), 'LAB_HVA': hex(hva), 'LAB_PFN': hex(pfn), 'LAB_GPA': hex(gpa),
+                'LAB_QMP_SOCK': hook_socket, 'LAB_QEMU_NAME': vm_name, 'LAB_QEMU_LOG': stderr_path,
+                'LAB_QEMU_BINARY': qemu['binary'], 'LAB_QEMU_ACCEL': accel}
+    result['hooks'] = {'after-inject': hooks.run(name, 'after-inject', dict(hook_env, LAB_VICTIM_ALIVE=int(alive)))}
+    if alive:
+        result['migrate'] = migrate(name, qmp, proc)
+        result['hooks']['after-migrate'] = hooks.run(
+            name, 'after-migrate', dict(hook_env, LAB_VICTIM_ALIVE=int(proc.poll() is None)))
+        if proc.poll() is None:
+            result['quit'] = qmp.command('quit')
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    else:
+        result['dmesg_after_death'] = dmesg_take(f'{name} after-death')
+    result['victim_exit'] = process_state(proc.wait())
+    result['events'] = qmp.events
+    result['qemu_log'] = qemu_log_lines(stderr_path)
+    log(f'{name}: QEMU {result["victim_exit"]["text"]}')
+    return result
+
+
+def migrate(name, qmp, proc):
+    """Migrate to a pipe that discards the stream; record the reply, states and QEMU's fate."""
+    log(f'{name}: migrate to {MIGRATE_URI}')
+    outcome = {'uri': MIGRATE_URI}
+    started = time.monotonic()
+    outcome['reply'] = qmp.command('migrate', {'uri': MIGRATE_URI})
+    outcome['refused'] = 'error' in outcome['reply']
+    states = []
+    if outcome['refused']:
+        log(f'{name}: migrate refused: {outcome["reply"]["error"]}')
+        time.sleep(2)  # a refusing QEMU must still be alive a moment later
+    else:
+        while time.monotonic() - started < 180 and proc.poll() is None:
+            reply = qmp.command('query-migrate', timeout=10)
+            status = reply.get('return', {}).get('status')
+            if status and (not states or states[-1] != status):
+                states.append(status)
+                log(f'{name}: query-migrate status={status}')
+            if status in ('completed', 'failed', 'cancelled') or 'eof' in reply:
+                break
+            time.sleep(0.3)
+        if proc.poll() is None and states and states[-1] not in ('completed', 'failed', 'cancelled'):
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+    outcome['states'] = states
+    outcome['duration_s'] = round(time.monotonic() - started, 3)
+    outcome['victim'] = process_state(proc.poll())
+    if outcome['victim']['alive']:
+        outcome['status'] = qmp.command('query-status').get('return')
+        outcome['query_migrate'] = qmp.command('query-migrate').get('return')
+    outcome['dmesg'] = dmesg_take(f'{name} after-migrate')
+    log(f'{name}: after migrate QEMU {outcome["victim"]["text"]}')
+    return outcome
+
+
+def run_experiment(name, hooks, qemu):
+    victim, params = EXPERIMENTS[name]
+    if victim == 'memhog':
+        return memhog_experiment(name, hooks, **params)
+    return qemu_experiment(name, hooks, qemu, **params)
+
+
+def main(config_path):
+    with open(config_path) as f:
+        config = json.load(f)
+    hooks = Hooks(config.get('hooks', []))
+    qemu = config['qemu']
+    names = config.get('experiments') or list(EXPERIMENTS)
+    log(f'kernel {os.uname().release}; HardwareCorrupted {hardware_corrupted_kb()} kB; '
+        f'/dev/kvm {"present" if os.path.exists("/dev/kvm") else "absent"}; '
+        f'hwpoison injector {"present" if os.path.exists(CORRUPT_PFN) else "absent"}; experiments {names}')
+    for name in names:
+        log(f'=== {name}')
+        started = time.monotonic()
+        try:
+            result = run_experiment(name, hooks, qemu)
+        except Exception as exc:  # one broken experiment must not hide the others
+            log(f'{name}: {exc.__class__.__name__}: {exc}')
+            result = {'experiment': name, 'error': f'{exc.__class__.__name__}: {exc}'}
+        result['duration_s'] = round(time.monotonic() - started, 3)
+        result['kernel_release'] = os.uname().release
+        emit_result(result)
+    log(f'final HardwareCorrupted {hardware_corrupted_kb()} kB')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else '/lab/config.json'))

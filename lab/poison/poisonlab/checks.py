@@ -1,0 +1,247 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Judge a poison-lab run from its serial console log (never from QEMU's exit status:
+QEMU exits 0 after a guest panic too) and state what each experiment must show.
+
+Pure functions over the log text and the RESULT dictionaries; the pytest tests and the
+`poison-lab run` summary both use them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+BOOT_MARKER = '=== POISON-LAB BOOT'
+DONE_RE = re.compile(r'=== POISON-LAB DONE rc=(\d+)')
+RESULT_RE = re.compile(r'^RESULT (\{.*\})\s*$')
+PANIC_RE = re.compile(r'Kernel panic - not syncing|Oops: |kernel BUG at|BUG: unable to handle|'
+                      r'general protection fault|Call Trace:')
+DRIVER_PREFIXES = ('[lab ', 'boot-dmesg| ')
+REFUSAL = "Can't migrate this vm with hardware poisoned memory, please reboot the vm and try again"
+SIGBUS, SIGABRT = 7, 6
+BUS_MCEERR_AR, BUS_MCEERR_AO = 4, 5
+DEFAULT_EXPERIMENTS = ['memhog-late', 'memhog-early', 'memhog-madvise', 'qemu-tcg', 'qemu-kvm-reset', 'qemu-kvm-mce']
+
+
+@dataclasses.dataclass
+class ParsedLog:
+    results: dict[str, dict]
+    booted: bool
+    done_rc: int | None
+    panic: str | None
+    bad_result_lines: int
+
+
+def parse_log(text: str) -> ParsedLog:
+    results: dict[str, dict] = {}
+    bad = 0
+    panic = None
+    for raw in text.splitlines():
+        line = raw.rstrip('\r')
+        match = RESULT_RE.match(line)
+        if match:
+            try:
+                result = json.loads(match.group(1))
+                results[result['experiment']] = result
+            except (ValueError, KeyError):
+                bad += 1
+            continue
+        # console lines only: the driver's own lines ("[lab ...]") quote dmesg and hook output
+        if panic is None and not line.startswith(DRIVER_PREFIXES) and PANIC_RE.search(line):
+            panic = line.strip()
+    done = DONE_RE.search(text)
+    return ParsedLog(results=results, booted=BOOT_MARKER in text, done_rc=int(done.group(1)) if done else None,
+                     panic=panic, bad_result_lines=bad)
+
+
+def judge(parsed: ParsedLog, timed_out: bool) -> tuple[str, str]:
+    """(verdict, detail). Verdicts other than 'ok' make the harness retry the boot once."""
+    if parsed.panic:
+        return 'panic', parsed.panic
+    if timed_out:
+        return 'timeout', 'the VM did not power off in time'
+    if not parsed.booted:
+        return 'no-boot-marker', 'the kernel never reached /init'
+    if parsed.done_rc is None:
+        return 'no-end-marker', 'the log has no "=== POISON-LAB DONE" line'
+    if parsed.done_rc != 0:
+        return 'driver-failed', f'the experiment driver exited with rc {parsed.done_rc}'
+    return 'ok', ''
+
+
+RETRY_VERDICTS = {'panic', 'timeout', 'no-boot-marker', 'no-end-marker'}
+
+
+# ------------------------------------------------------------------ decoding ---
+def as_int(value) -> int | None:
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 0)
+    except (TypeError, ValueError):
+        return None
+
+
+def hwpoison_entry(pagemap: dict, kpageflags: dict, pfn: int, swap_areas: int) -> tuple[bool, str]:
+    """Is this pagemap entry the kernel's hwpoison entry for pfn?
+
+    Swap bit set, present clear, swap offset == PFN, a swap type no real swap area can have
+    (>= the number of swap areas; the value itself is never hard-coded: 26 on Debian's 6.1,
+    27 on 6.12) and KPF_HWPOISON (bit 19) set for that PFN in /proc/kpageflags.
+    """
+    if not isinstance(pagemap, dict) or 'error' in pagemap:
+        return False, f'pagemap unreadable: {pagemap}'
+    problems = []
+    if pagemap.get('swap') != 1:
+        problems.append('swap bit clear')
+    if pagemap.get('present') != 0:
+        problems.append('page present')
+    offset = as_int(pagemap.get('swap_offset'))
+    if offset != pfn:
+        problems.append(f'swap offset {pagemap.get("swap_offset")} != pfn {pfn:#x}')
+    swap_type = pagemap.get('swap_type')
+    if not isinstance(swap_type, int) or swap_type < swap_areas:
+        problems.append(f'swap type {swap_type} could be a real swap area (areas: {swap_areas})')
+    if as_int(kpageflags.get('pfn')) != pfn or kpageflags.get('hwpoison') != 1:
+        problems.append(f'KPF_HWPOISON not set for pfn {pfn:#x}: {kpageflags}')
+    detail = f'pagemap {pagemap.get("raw")} type {swap_type} offset {pagemap.get("swap_offset")}'
+    return not problems, '; '.join(problems) or detail
+
+
+def sigbus_lines(lines: list[str], code: int) -> list[str]:
+    return [line for line in lines if line.startswith('SIGBUS ') and f'code={code} ' in line]
+
+
+def events(result: dict, name: str) -> list[dict]:
+    return [e for e in result.get('events', []) if e.get('event') == name]
+
+
+# --------------------------------------------------------------- expectations ---
+@dataclasses.dataclass
+class Check:
+    experiment: str
+    id: str
+    ok: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f'{"PASS" if self.ok else "FAIL"} {self.experiment}: {self.id}' + ('' if self.ok else f' ({self.detail})')
+
+
+class _Checks:
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment
+        self.items: list[Check] = []
+
+    def add(self, check_id: str, ok, detail='') -> None:
+        self.items.append(Check(self.experiment, check_id, bool(ok), str(detail)[:2000]))
+
+
+def _common(c: _Checks, r: dict, pfn: int) -> None:
+    after = r.get('after_inject', {})
+    c.add('inject-accepted', r.get('inject', {}).get('ok'), r.get('inject'))
+    c.add('kpageflags-clean-before', r.get('kpageflags_before', {}).get('hwpoison') == 0, r.get('kpageflags_before'))
+    c.add('kpageflags-hwpoison', after.get('kpageflags', {}).get('hwpoison') == 1
+          and as_int(after.get('kpageflags', {}).get('pfn')) == pfn, after.get('kpageflags'))
+    c.add('hardware-corrupted', (after.get('hardware_corrupted_kb') or 0) > 0, after.get('hardware_corrupted_kb'))
+    c.add('dmesg-recovered', any(f'Memory failure: {pfn:#x}: recovery action' in line and 'Recovered' in line
+                                 for line in after.get('dmesg', [])), after.get('dmesg'))
+
+
+def _memhog(c: _Checks, r: dict, pfn: int) -> None:
+    after = r.get('after_inject', {})
+    ok, detail = hwpoison_entry(after.get('pagemap'), after.get('kpageflags', {}), pfn, r.get('swap_areas', 0))
+    c.add('hwpoison-pagemap-entry', ok, detail)
+    c.add('victim-alive-after-injection', after.get('victim', {}).get('alive'), after.get('victim'))
+    inject_lines = r.get('inject', {}).get('victim_lines', []) + r.get('victim_lines_after_inject', [])
+    touch = r.get('touch', {})
+    if r.get('early_kill') == 1:
+        c.add('sigbus-ao-at-injection', sigbus_lines(inject_lines, BUS_MCEERR_AO), inject_lines)
+    else:
+        c.add('no-sigbus-at-injection', not sigbus_lines(inject_lines, BUS_MCEERR_AO), inject_lines)
+    c.add('touch-sigbus-ar', sigbus_lines(touch.get('poisoned_page', []), BUS_MCEERR_AR)
+          and any(line.endswith('sigbus') for line in touch.get('poisoned_page', [])), touch.get('poisoned_page'))
+    c.add('neighbour-page-readable', any(line.startswith('READ page=') and 'value=' in line
+                                         for line in touch.get('neighbour_page', [])), touch.get('neighbour_page'))
+    c.add('dmesg-mce-killing-memhog', any('MCE: Killing memhog:' in line for line in touch.get('dmesg', [])),
+          touch.get('dmesg'))
+    c.add('victim-exit-0', r.get('victim_exit', {}).get('exit_code') == 0, r.get('victim_exit'))
+    if r.get('inject', {}).get('method') == 'madvise':
+        c.add('dmesg-madvise-injection', any(f'Injecting memory failure for pfn {pfn:#x} at process virtual address'
+                                             in line for line in after.get('dmesg', [])), after.get('dmesg'))
+
+
+def _qemu(c: _Checks, r: dict, pfn: int, migration_guard: bool | None) -> None:
+    after = r.get('after_inject', {})
+    qemu_log = '\n'.join(r.get('qemu_log', []))
+    if r.get('accel') == 'tcg':
+        dmesg = after.get('dmesg', []) + r.get('dmesg_after_death', [])
+        c.add('dmesg-sigbus-sent-to-qemu', any(f'Memory failure: {pfn:#x}: Sending SIGBUS to qemu-system-x86' in line
+                                               for line in dmesg), dmesg)
+        c.add('victim-died-at-injection', not after.get('victim', {}).get('alive', True), after.get('victim'))
+        c.add('victim-killed-by-signal', r.get('victim_exit', {}).get('signal') is not None, r.get('victim_exit'))
+        return
+    c.add('victim-alive-after-injection', after.get('victim', {}).get('alive'), after.get('victim'))
+    c.add('qemu-log-guest-mce', f'Guest MCE Memory Error at QEMU addr {r.get("hva")}' in qemu_log
+          and f'GUEST addr {r.get("gpa")}' in qemu_log, qemu_log[-1500:])
+    migrate = r.get('migrate', {})
+    if not r.get('mce_guest'):
+        failure = events(r, 'MEMORY_FAILURE')
+        c.add('qmp-memory-failure-reset', failure and failure[0]['data'].get('action') == 'reset', r.get('events'))
+        c.add('qmp-reset-event', events(r, 'RESET'), r.get('events'))
+        pagemap = after.get('pagemap', {})
+        c.add('page-remapped', pagemap.get('swap') == 0 and 'error' not in pagemap, pagemap)
+        read = str(after.get('guest_read', ''))  # HMP xp: "0000000002000000: 0x0000000000000000"
+        c.add('guest-page-readable-after-reset', ':' in read and as_int('0x' + read.split(':')[0]) == as_int(r.get('gpa'))
+              and '0x' in read.split(':', 1)[1], read)
+        c.add('migration-completed', migrate.get('states', [None])[-1] == 'completed', migrate)
+        c.add('victim-alive-after-migration', migrate.get('victim', {}).get('alive'), migrate.get('victim'))
+        return
+    c.add('guest-cr4-mce-set', r.get('cr4_mce') == 1, r.get('cr4'))
+    failure = events(r, 'MEMORY_FAILURE')
+    c.add('qmp-memory-failure-inject', failure and failure[0]['data'].get('action') == 'inject', r.get('events'))
+    ok, detail = hwpoison_entry(after.get('pagemap'), after.get('kpageflags', {}), pfn, r.get('swap_areas', 0))
+    c.add('hwpoison-pagemap-entry', ok, detail)
+    if migration_guard:
+        error = migrate.get('reply', {}).get('error', {})
+        c.add('migration-refused', error.get('class') == 'GenericError' and REFUSAL in error.get('desc', ''),
+              migrate.get('reply'))
+        c.add('victim-alive-after-refusal', migrate.get('victim', {}).get('alive'), migrate.get('victim'))
+    elif migration_guard is False:
+        c.add('migration-started', migrate.get('reply', {}).get('return') == {}, migrate.get('reply'))
+        c.add('migration-crashed-qemu-sigbus', migrate.get('victim', {}).get('signal') == SIGBUS, migrate.get('victim'))
+        c.add('dmesg-mce-killing-live-migration', any('MCE: Killing live_migration:' in line
+                                                      for line in migrate.get('dmesg', [])), migrate.get('dmesg'))
+
+
+def evaluate(results: dict[str, dict], experiments: list[str] | None = None,
+             migration_guard: bool | None = False) -> dict[str, list[Check]]:
+    """Checks per experiment. migration_guard: False = the inner QEMU must crash on migrate
+    (stock 7.2), True = it must refuse and stay alive (patched), None = do not judge migrate."""
+    out: dict[str, list[Check]] = {}
+    for name in experiments or list(results):
+        c = _Checks(name)
+        r = results.get(name)
+        if r is None:
+            c.add('result-present', False, 'no RESULT line for this experiment')
+        elif r.get('error'):
+            c.add('no-error', False, r['error'])
+        else:
+            pfn = as_int(r.get('pfn'))
+            _common(c, r, pfn)
+            if r.get('victim') == 'memhog':
+                _memhog(c, r, pfn)
+            else:
+                _qemu(c, r, pfn, migration_guard)
+        out[name] = c.items
+    return out
+
+
+def hwpoison_swap_types(results: dict[str, dict]) -> dict[str, int]:
+    """Swap type of every hwpoison pagemap entry seen, per experiment."""
+    types = {}
+    for name, r in results.items():
+        pagemap = r.get('after_inject', {}).get('pagemap') or {}
+        if pagemap.get('swap') == 1 and r.get('after_inject', {}).get('kpageflags', {}).get('hwpoison') == 1:
+            types[name] = pagemap.get('swap_type')
+    return types
