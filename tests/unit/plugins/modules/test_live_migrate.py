@@ -1,0 +1,380 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""live_migrate's decisions against an in-memory stand-in for libvirt-python.
+
+The stand-in copies the parts of libvirt-python's API the module uses (libvirt.open,
+openReadOnly, virConnect.lookupByName/listAllDomains/getCapabilities, virDomain.isActive,
+migrateToURI3, migrate3, jobStats, abortJob, migrateSetMaxDowntime, migrateStartPostCopy,
+libvirtError.get_error_code) and libvirt's behaviour after a migration: with UNDEFINE_SOURCE the
+source forgets the domain, with PERSIST_DEST the destination keeps a definition, an aborted job
+raises "operation aborted: migration out job: canceled by client" (qemu_migration.c), a
+poisoned VM's migrate fails with QEMU's refusal wrapped as libvirt 9.0 wraps it. Real libvirt
+and QEMU are exercised by molecule/migrate.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.kvm_ras.poison_guard.plugins.modules import live_migrate
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
+
+VIR_ERR_NO_DOMAIN = 42
+VIR_MIGRATE_UNDEFINE_SOURCE = 16
+VIR_MIGRATE_PERSIST_DEST = 8
+
+
+class FakeLibvirtError(Exception):
+    def __init__(self, msg, code=1):
+        super().__init__(msg)
+        self.code = code
+
+    def get_error_code(self):
+        return self.code
+
+
+class Host:
+    def __init__(self, uri, uuid):
+        self.uri, self.uuid = uri, uuid
+        self.domains = {}  # name -> {"active": bool}
+        self.reachable = True
+
+
+class World:
+    """The hypervisors and how the next migration behaves."""
+
+    def __init__(self):
+        self.hosts = {}
+        self.behaviour = "ok"
+        self.calls = []
+        self.abort_event = threading.Event()
+
+    def add(self, uri, uuid):
+        self.hosts[uri] = Host(uri, uuid)
+        return self.hosts[uri]
+
+
+class FakeDomain:
+    def __init__(self, world, host, name):
+        self.world, self.host, self.name_ = world, host, name
+
+    def name(self):
+        return self.name_
+
+    def isActive(self):
+        record = self.host.domains.get(self.name_)
+        if record is None:
+            raise FakeLibvirtError("Domain not found: no domain with matching name '%s'" % self.name_,
+                                   VIR_ERR_NO_DOMAIN)
+        return record["active"]
+
+    def migrateSetMaxDowntime(self, ms, flags):
+        self.world.calls.append(("migrateSetMaxDowntime", ms))
+
+    def migrateStartPostCopy(self, flags):
+        self.world.calls.append(("migrateStartPostCopy",))
+        self.world.abort_event.set()
+
+    def abortJob(self):
+        self.world.calls.append(("abortJob",))
+        self.world.abort_event.set()
+
+    def jobStats(self, flags=0):
+        if flags == 1:  # VIR_DOMAIN_JOB_STATS_COMPLETED
+            return self.host.domains.get(self.name_, {}).get("completed", {"type": 0})
+        return {"type": 2, "time_elapsed": 100, "data_total": 67108864, "data_processed": 1048576,
+                "data_remaining": 66060288, "memory_iteration": 1}
+
+    def migrateToURI3(self, dest_uri, params, flags):
+        self.world.calls.append(("migrateToURI3", dest_uri, dict(params), flags))
+        return self._migrate(self.world.hosts[dest_uri], flags)
+
+    def migrate3(self, dconn, params, flags):
+        self.world.calls.append(("migrate3", dconn.host.uri, dict(params), flags))
+        return self._migrate(dconn.host, flags)
+
+    def _migrate(self, dest, flags):
+        behaviour = self.world.behaviour
+        if behaviour == "poisoned":
+            raise FakeLibvirtError("internal error: unable to execute QEMU command 'migrate': " + UPSTREAM_REFUSAL)
+        if behaviour == "dest_down":
+            raise FakeLibvirtError("operation failed: Failed to connect to remote libvirt URI %s: unable to "
+                                   "connect to server at 'hv2:16509': Connection refused" % dest.uri)
+        if behaviour in ("hang", "postcopy"):
+            self.world.abort_event.wait(10)
+            if behaviour == "hang":
+                raise FakeLibvirtError("operation aborted: migration out job: canceled by client")
+        if behaviour == "lost":
+            self.host.domains.pop(self.name_)
+            raise FakeLibvirtError("Unable to read from monitor: Connection reset by peer")
+        if behaviour == "split":
+            dest.domains[self.name_] = {"active": True}
+            raise FakeLibvirtError("operation failed: Lost connection to destination host")
+        record = self.host.domains.pop(self.name_)
+        if not flags & VIR_MIGRATE_UNDEFINE_SOURCE:
+            self.host.domains[self.name_] = {"active": False}
+        dest.domains[self.name_] = {"active": True, "completed": {
+            "type": 3, "time_elapsed": 812, "downtime": 21, "data_total": 67773440,
+            "data_processed": 624640, "data_remaining": 0, "memory_iteration": 2}}
+        del record
+        return FakeDomain(self.world, dest, self.name_)
+
+
+class FakeConn:
+    def __init__(self, world, host, read_only):
+        self.world, self.host, self.read_only = world, host, read_only
+
+    def lookupByName(self, name):
+        if name not in self.host.domains:
+            raise FakeLibvirtError("Domain not found: no domain with matching name '%s'" % name,
+                                   VIR_ERR_NO_DOMAIN)
+        return FakeDomain(self.world, self.host, name)
+
+    def listAllDomains(self, flags):
+        return [FakeDomain(self.world, self.host, n) for n in self.host.domains]
+
+    def getCapabilities(self):
+        return "<capabilities>\n  <host>\n    <uuid>%s</uuid>\n  </host>\n</capabilities>" % self.host.uuid
+
+    def close(self):
+        return 0
+
+
+class FakeLibvirt:
+    """The module-level API of libvirt-python that live_migrate uses."""
+
+    libvirtError = FakeLibvirtError
+    VIR_ERR_NO_DOMAIN = VIR_ERR_NO_DOMAIN
+    VIR_DOMAIN_JOB_STATS_COMPLETED = 1
+    VIR_MIGRATE_PARAM_BANDWIDTH = "bandwidth"
+    VIR_MIGRATE_LIVE = 1
+    VIR_MIGRATE_PEER2PEER = 2
+    VIR_MIGRATE_TUNNELLED = 4
+    VIR_MIGRATE_PERSIST_DEST = 8
+    VIR_MIGRATE_UNDEFINE_SOURCE = 16
+    VIR_MIGRATE_NON_SHARED_DISK = 64
+    VIR_MIGRATE_NON_SHARED_INC = 128
+    VIR_MIGRATE_UNSAFE = 512
+    VIR_MIGRATE_AUTO_CONVERGE = 8192
+    VIR_MIGRATE_POSTCOPY = 32768
+
+    def __init__(self, world):
+        self.world = world
+
+    def _open(self, uri, read_only):
+        self.world.calls.append(("openReadOnly" if read_only else "open", uri))
+        host = self.world.hosts.get(uri)
+        if host is None or not host.reachable:
+            raise FakeLibvirtError("unable to connect to server at 'hv2:16509': Connection refused")
+        return FakeConn(self.world, host, read_only)
+
+    def open(self, uri):
+        return self._open(uri, False)
+
+    def openReadOnly(self, uri):
+        return self._open(uri, True)
+
+
+class Exit(Exception):
+    def __init__(self, failed, result):
+        super().__init__(result.get("msg"))
+        self.failed, self.result = failed, result
+
+
+SRC, DST = "qemu:///system", "qemu+tcp://hv2/system"
+NAME = "web 01 $(touch /tmp/pwned)"
+
+
+@pytest.fixture
+def world(monkeypatch):
+    w = World()
+    w.add(SRC, "11111111-1111-1111-1111-111111111111")
+    w.add(DST, "22222222-2222-2222-2222-222222222222")
+    monkeypatch.setattr(live_migrate, "libvirt", FakeLibvirt(w))
+
+    def exit_json(self, **kwargs):
+        raise Exit(False, kwargs)
+
+    def fail_json(self, **kwargs):
+        raise Exit(True, kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    return w
+
+
+def run(args, check_mode=False):
+    args = {"name": NAME, "dest_uri": DST, "poll_interval": 0.02, **args}
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    with patch_module_args(args):
+        with pytest.raises(Exit) as exc:
+            live_migrate.main()
+    return exc.value
+
+
+def test_migrates_a_running_vm_and_reports_job_statistics(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    out = run({"bandwidth": 5, "max_downtime": 50})
+    assert out.failed is False, out.result["msg"]
+    r = out.result
+    assert r["changed"] is True and r["migrated"] is True
+    assert r["running_on"] == "destination"
+    assert r["placement"] == {"source": "absent", "destination": "running"}
+    assert r["flags"] == ["VIR_MIGRATE_LIVE", "VIR_MIGRATE_PEER2PEER", "VIR_MIGRATE_PERSIST_DEST",
+                          "VIR_MIGRATE_UNDEFINE_SOURCE"]
+    assert ("migrateToURI3", DST, {"bandwidth": 5}, 1 | 2 | 8 | 16) in world.calls
+    assert ("migrateSetMaxDowntime", 50) in world.calls
+    assert r["job"]["duration_ms"] == 812 and r["job"]["downtime_ms"] == 21
+    assert r["job"]["job_type"] == "completed"
+    assert r["failure"] is None and r["critical"] is False
+
+
+def test_without_peer2peer_the_module_drives_migrate3_between_its_connections(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    out = run({"peer2peer": False, "undefine_source": False})
+    assert out.failed is False
+    assert ("migrate3", DST, {}, 1 | 8) in world.calls
+    assert out.result["placement"] == {"source": "defined", "destination": "running"}
+    assert out.result["running_on"] == "destination"
+
+
+def test_already_on_destination_is_unchanged(world):
+    world.hosts[DST].domains[NAME] = {"active": True}
+    out = run({})
+    assert out.failed is False
+    assert out.result["changed"] is False
+    assert out.result["running_on"] == "destination"
+    assert not [c for c in world.calls if c[0] in ("migrateToURI3", "migrate3")]
+
+
+def test_check_mode_reports_the_plan_and_changes_nothing(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    out = run({"tunnelled": True, "copy_storage": "all"}, check_mode=True)
+    assert out.failed is False
+    assert out.result["changed"] is True
+    assert "would migrate" in out.result["msg"]
+    assert "VIR_MIGRATE_TUNNELLED" in out.result["flags"] and "VIR_MIGRATE_NON_SHARED_DISK" in out.result["flags"]
+    assert world.hosts[SRC].domains[NAME]["active"] is True
+    assert NAME not in world.hosts[DST].domains
+    assert {c[0] for c in world.calls} == {"openReadOnly"}
+
+
+def test_poison_refusal_is_classified_and_the_vm_stays_on_the_source(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "poisoned"
+    out = run({})
+    assert out.failed is True
+    assert out.result["failure"]["class"] == "poisoned"
+    assert UPSTREAM_REFUSAL in out.result["failure"]["message"]
+    assert out.result["running_on"] == "source"
+    assert out.result["changed"] is False
+    assert "failed (poisoned)" in out.result["msg"]
+
+
+def test_timeout_aborts_the_job_and_the_vm_stays_on_the_source(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "hang"
+    out = run({"timeout": 0.2})
+    assert out.failed is True
+    assert ("abortJob",) in world.calls
+    assert out.result["aborted"] is True
+    assert out.result["failure"]["class"] == "timeout"
+    assert out.result["failure"]["message"] == "operation aborted: migration out job: canceled by client"
+    assert out.result["running_on"] == "source"
+    assert out.result["progress"], "job statistics were polled while the migration ran"
+
+
+def test_postcopy_switches_instead_of_aborting(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "postcopy"
+    out = run({"timeout": 0.2, "postcopy": True})
+    assert out.failed is False, out.result["msg"]
+    assert ("migrateStartPostCopy",) in world.calls
+    assert ("abortJob",) not in world.calls
+    assert out.result["postcopy_started"] is True
+
+
+def test_unreachable_destination_is_classified_before_anything_starts(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.hosts[DST].reachable = False
+    out = run({})
+    assert out.failed is True
+    assert out.result["failure"]["class"] == "destination"
+    assert out.result["running_on"] == "source"
+
+
+def test_destination_refusing_mid_migration_is_classified(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "dest_down"
+    out = run({})
+    assert out.result["failure"]["class"] == "destination"
+    assert out.result["running_on"] == "source"
+
+
+def test_vm_lost_during_migration_is_critical(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "lost"
+    out = run({})
+    assert out.failed is True
+    assert out.result["running_on"] == "none"
+    assert out.result["critical"] is True
+    assert out.result["msg"].startswith("CRITICAL: VM %r is running on NEITHER hypervisor" % NAME)
+    assert "9.0" in out.result["failure"]["explanation"]
+
+
+def test_vm_on_both_after_a_failure_is_critical(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "split"
+    out = run({})
+    assert out.result["running_on"] == "both"
+    assert out.result["critical"] is True
+    assert out.result["msg"].startswith("CRITICAL: VM %r is running on BOTH hypervisors" % NAME)
+
+
+def test_vm_already_on_both_is_refused_as_critical(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.hosts[DST].domains[NAME] = {"active": True}
+    out = run({})
+    assert out.failed is True and out.result["critical"] is True
+    assert "already running on BOTH" in out.result["msg"]
+    assert not [c for c in world.calls if c[0] in ("migrateToURI3", "migrate3")]
+
+
+def test_unknown_vm_lists_what_the_source_has(world):
+    world.hosts[SRC].domains["other"] = {"active": True}
+    out = run({})
+    assert out.failed is True
+    assert "was not found on the source (qemu:///system: other)" in out.result["msg"]
+
+
+def test_shut_off_vm_is_refused(world):
+    world.hosts[SRC].domains[NAME] = {"active": False}
+    out = run({})
+    assert out.failed is True
+    assert "defined on the source but not running" in out.result["msg"]
+
+
+def test_destination_that_is_the_source_is_refused(world):
+    world.hosts[DST].uuid = world.hosts[SRC].uuid
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    out = run({})
+    assert out.failed is True
+    assert "reaches the source hypervisor itself" in out.result["msg"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    ({"tunnelled": True, "peer2peer": False}, "tunnelled=true needs peer2peer=true"),
+    ({"timeout": -1}, "timeout must be a positive number"),
+    ({"copy_storage": "maybe"}, "value of copy_storage must be one of"),
+    ({"name": ""}, "name is empty"),
+])
+def test_bad_input_fails_before_connecting(world, args, needle):
+    out = run(args)
+    assert out.failed is True
+    assert needle in out.result["msg"]
+    assert not [c for c in world.calls if c[0] in ("open", "openReadOnly")]
