@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument('--qemu-binary', default=None, help='inner QEMU to test instead of the host one')
     run.add_argument('--migration-guard', choices=['expect-crash', 'expect-refusal', 'ignore'],
                      default='expect-crash', help='what qemu-kvm-mce must show on migrate (default: the 7.2 crash)')
-    run.add_argument('--timeout', type=int, default=1500, help='seconds per boot (default 1500)')
+    run.add_argument('--timeout', type=int, default=900, help='seconds per boot (default 900)')
     run.add_argument('--quiet', action='store_true', help='do not copy the serial console to stderr')
     run.add_argument('--json', action='store_true', help='print the run summary and results as JSON')
     check = sub.add_parser('check', help='judge a saved serial log')

@@ -170,7 +170,7 @@ def _validate(experiments, hooks, qemu_binary):
 
 def run_lab(experiments: list[str] | None = None, hooks: dict[str, Hook | str | os.PathLike] | None = None,
             qemu_binary: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None, *,
-            install_packages: bool = True, timeout_s: int = 1500, max_attempts: int = 2,
+            install_packages: bool = True, timeout_s: int = 900, max_attempts: int = 2,
             memory_mib: int = 2048, echo: bool = False) -> LabRun:
     """Boot the poison lab once (plus one retry on a panic/missing end marker); see module doc.
 

@@ -80,7 +80,8 @@ def ensure_packages(install: bool = True) -> list[str]:
     if not install:
         raise LabError(f'missing packages {missing}: run `lab/poison/poison-lab setup` (as root)')
     if os.geteuid() != 0:
-        raise LabError(f'missing packages {missing} and not root: run `apt-get install {" ".join(missing)}` as root')
+        error = LabUnavailable if 'qemu-system-x86' in missing else LabError
+        raise error(f'missing packages {missing} and not root: run `apt-get install {" ".join(missing)}` as root')
     info(f'installing {" ".join(missing)}')
     steps = [APT + ['update'], APT + ['install', '-y', '--no-install-recommends', *missing]]
     for argv in steps:
