@@ -337,8 +337,8 @@ class QMP:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
+            readable = select.select([self.sock], [], [], left)[0]
+            if not readable:
                 return None
             try:
                 chunk = self.sock.recv(65536)

@@ -27,6 +27,7 @@ from .harness import Hook
 PLACEHOLDER_RE = re.compile(r'@(LAB_[A-Z_]+)@')
 INTERPRETER = '/usr/bin/python3'
 
+
 def _internal_args(module: str, check_mode: bool) -> dict:
     """What ActionBase._update_module_args() adds to every module call (ansible-core 2.19)."""
     from ansible import __version__ as ansible_version

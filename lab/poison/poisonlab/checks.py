@@ -192,7 +192,7 @@ def _qemu(c: _Checks, r: dict, pfn: int, migration_guard: bool | None) -> None:
         pagemap = after.get('pagemap', {})
         c.add('page-remapped', pagemap.get('swap') == 0 and 'error' not in pagemap, pagemap)
         read = str(after.get('guest_read', ''))  # HMP xp: "0000000002000000: 0x0000000000000000"
-        c.add('guest-page-readable-after-reset', ':' in read and as_int('0x' + read.split(':')[0]) == as_int(r.get('gpa'))
+        c.add('guest-page-readable-after-reset', ':' in read and as_int('0x' + read.split(':', maxsplit=1)[0]) == as_int(r.get('gpa'))
               and '0x' in read.split(':', 1)[1], read)
         c.add('migration-completed', migrate.get('states', [None])[-1] == 'completed', migrate)
         c.add('victim-alive-after-migration', migrate.get('victim', {}).get('alive'), migrate.get('victim'))

@@ -195,13 +195,13 @@ def run_lab(experiments: list[str] | None = None, hooks: dict[str, Hook | str | 
             'experiments': names,
             'hooks': [{'name': name, 'experiments': None if h.experiments is None else list(h.experiments),
                        'points': list(h.points), 'timeout_s': int(h.timeout_s)}
-                      for name, (_, h) in resolved_hooks.items()],
+                      for name, (dummy, h) in resolved_hooks.items()],
             'qemu': {'binary': ALT_QEMU if qemu else GUEST_QEMU, 'extra_args': ALT_QEMU_ARGS if qemu else [],
                      'source': str(qemu) if qemu else 'host /usr/bin/qemu-system-x86_64'},
         }
         mark = time.monotonic()
         overlay_info = initramfs.build_overlay(
-            run_dir / 'overlay.cpio', config=config, hooks={n: p for n, (p, _) in resolved_hooks.items()},
+            run_dir / 'overlay.cpio', config=config, hooks={n: p for n, (p, dummy) in resolved_hooks.items()},
             memhog=prepared['memhog'], base_paths=set(manifest['paths']), qemu_binary=qemu)
         initrd = run_dir / 'initrd.cpio'
         with initrd.open('wb') as out:
