@@ -1,0 +1,583 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The rules of evacuate_host.yml: input validation, placement, policies, plan, lock,
+outcomes, verification, report and the exit-status rule.
+
+Fixtures are shaped like the real results the playbook feeds these functions:
+- ``host_capacity`` results as the module returns them on a lab hypervisor (libvirt 9.0,
+  64 MiB / 1 vCPU TCG "tick" guests, 2 host CPUs, ~20 GiB free memory);
+- ``poison_info`` results in the shared contract (team brief): vms with name, uuid, status,
+  evidence, migration_guard, reasons;
+- ``migration_gate`` results as plugins/module_utils/gate.evaluate returns them;
+- ``live_migrate`` results with the module's RETURN keys (running_on, failure.class,
+  duration_seconds, job.duration_ms).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation as ev
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
+
+HOSTS = ["hv1", "hv2", "hv3", "localhost"]
+GROUPS = {"hypervisors": ["hv1", "hv2", "hv3"], "all": HOSTS}
+
+
+def request(**raw):
+    base = {"evacuate_source": "hv1"}
+    base.update(raw)
+    return ev.validate_request(base, HOSTS, GROUPS, {}, forks=5)
+
+
+def problems_of(raw, hosts=HOSTS, groups=GROUPS, hostvars=None, forks=5):
+    with pytest.raises(ev.EvacuationInputError) as info:
+        ev.validate_request(raw, hosts, groups, hostvars or {}, forks=forks)
+    return info.value.problems, str(info.value)
+
+
+# ------------------------------------------------------------------------------ validation --
+
+def test_defaults_take_the_other_hypervisors_as_targets():
+    req = request()
+    assert req["evacuate_source"] == "hv1"
+    assert req["evacuate_targets"] == ["hv2", "hv3"]
+    assert req["targets_defaulted"] is True
+    assert req["max_parallel"] == 2
+    assert req["poisoned_vm_policy"] == "leave"
+    assert req["unknown_vm_policy"] == "leave"
+    assert req["cordon"] is True
+    assert req["migration_uris"] == {"hv2": "qemu+tcp://hv2/system", "hv3": "qemu+tcp://hv3/system"}
+
+
+def test_extra_var_strings_are_typed():
+    # -e max_parallel=4 -e cordon=false arrive as strings
+    req = request(max_parallel="4", cordon="false", migration_timeout=" 120 ", bandwidth="100",
+                  cpu_allocation_ratio="2.5", evacuate_targets="hv3, hv2", evacuate_leave_vms="db 1,web")
+    assert req["max_parallel"] == 4 and req["cordon"] is False
+    assert req["migration_timeout"] == 120 and req["bandwidth"] == 100
+    assert req["cpu_allocation_ratio"] == 2.5
+    assert req["evacuate_targets"] == ["hv3", "hv2"]
+    assert req["evacuate_leave_vms"] == ["db 1", "web"]
+
+
+def test_unknown_source_is_named_with_the_known_hypervisors():
+    problems, text = problems_of({"evacuate_source": "hv9"})
+    assert problems == ["evacuate_source 'hv9' is not in the inventory (known hypervisors: hv1, hv2, hv3)"]
+    assert text.startswith("evacuation refused before any change: ")
+
+
+def test_missing_source_says_how_to_set_it():
+    problems, _ = problems_of({})
+    assert any("evacuate_source is not set" in p and "-e evacuate_source=hv1" in p for p in problems)
+
+
+def test_source_as_its_own_target_is_refused():
+    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": ["hv1", "hv2"]})
+    assert problems == ["evacuate_targets includes the source 'hv1' itself: a host cannot receive its own VMs; "
+                        "remove it from evacuate_targets"]
+
+
+def test_no_targets_when_the_group_holds_only_the_source():
+    problems, _ = problems_of({"evacuate_source": "hv1"}, groups={"hypervisors": ["hv1"]})
+    assert len(problems) == 1 and problems[0].startswith("no targets: group 'hypervisors' holds only the source")
+
+
+def test_no_targets_when_the_group_is_missing():
+    problems, _ = problems_of({"evacuate_source": "hv1"}, groups={})
+    assert "has no group 'hypervisors'" in problems[0]
+
+
+def test_only_the_source_as_target_means_no_targets():
+    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": "hv1"})
+    assert any("includes the source" in p for p in problems)
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("poisoned_vm_policy", "reboot", "poisoned_vm_policy must be one of leave, reboot_then_migrate, cold_migrate, got 'reboot'"),
+    ("unknown_vm_policy", "allow", "unknown_vm_policy must be one of leave, migrate, got 'allow'"),
+    ("reboot_mode", "hard", "reboot_mode must be one of restart, reset, got 'hard'"),
+    ("migration_copy_storage", "full", "migration_copy_storage must be one of none, all, inc, got 'full'"),
+])
+def test_bad_policy_words_list_the_allowed_ones(name, value, expected):
+    problems, _ = problems_of({"evacuate_source": "hv1", name: value})
+    assert problems == [expected]
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("max_parallel", "0", "max_parallel must be between 1 and 64, got 0"),
+    ("max_parallel", "two", "max_parallel must be a whole number between 1 and 64, got 'two'"),
+    ("max_parallel", "2.5", "max_parallel must be a whole number"),
+    ("max_parallel", True, "max_parallel must be a whole number"),
+    ("migration_timeout", -5, "migration_timeout must be between 10 and"),
+    ("migration_timeout", "5", "migration_timeout must be between 10 and"),
+    ("bandwidth", "-1", "bandwidth must be between 0 and"),
+    ("memory_reserve_mib", "lots", "memory_reserve_mib must be a whole number"),
+    ("cpu_allocation_ratio", "nan", "cpu_allocation_ratio must be a number"),
+    ("cpu_allocation_ratio", 0, "cpu_allocation_ratio must be between 0.1 and 64.0"),
+    ("cordon", "maybe", "cordon must be true or false, got 'maybe'"),
+])
+def test_bad_numbers_and_booleans(name, value, fragment):
+    problems, _ = problems_of({"evacuate_source": "hv1", name: value})
+    assert len(problems) == 1 and fragment in problems[0]
+
+
+def test_max_parallel_above_forks_names_the_fix():
+    problems, _ = problems_of({"evacuate_source": "hv1", "max_parallel": 8}, forks=5)
+    assert problems == ["max_parallel 8 is above Ansible's forks (5), which caps how many migrations can run at "
+                        "once: run with --forks 8 (or ANSIBLE_FORKS=8), or lower max_parallel"]
+
+
+@pytest.mark.parametrize("bad", ["hv1; rm -rf /", "$(reboot)", "hv1 hv2", "`id`", "hv1|cat", "../hv1", "hv1'"])
+def test_host_names_with_shell_metacharacters_are_refused(bad):
+    problems, _ = problems_of({"evacuate_source": bad})
+    assert any("is not a valid inventory host name" in p and "shell metacharacters" in p for p in problems)
+    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": [bad]})
+    assert any("evacuate_targets entry" in p and "not a valid inventory host name" in p for p in problems)
+
+
+def test_vm_names_are_data_but_must_be_libvirt_names():
+    req = request(evacuate_leave_vms=["odd $(touch x) 'q'", "tab\tname"])
+    assert req["evacuate_leave_vms"] == ["odd $(touch x) 'q'", "tab\tname"]
+    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_leave_vms": ["a/b"]})
+    assert "is not a libvirt domain name" in problems[0]
+
+
+def test_every_problem_is_reported_at_once():
+    problems, text = problems_of({"evacuate_source": "hv9", "max_parallel": "x", "poisoned_vm_policy": "nuke",
+                                  "cordon": "perhaps"})
+    assert len(problems) == 4
+    assert text.startswith("evacuation refused before any change (4 problems):\n- ")
+
+
+def test_unknown_inputs_are_refused():
+    problems, _ = problems_of({"evacuate_source": "hv1", "max_paralel": 3})
+    assert problems[0].startswith("unknown input(s) max_paralel")
+
+
+@pytest.mark.parametrize("uri,fragment", [
+    ("qemu+ext:///system?command=/bin/sh", "is not a libvirt URI"),
+    ("qemu+ext://hv2/system?command=/bin/sh", "uses transport 'qemu+ext'"),
+    ("qemu+ssh://hv2/system?command=/bin/sh", "sets 'command'"),
+    ("qemu+unix://hv2/system", "uses transport 'qemu+unix'"),
+    ("qemu+tcp://hv2 ;reboot/system", "is not a libvirt URI"),
+])
+def test_dangerous_or_malformed_migration_uris_are_refused(uri, fragment):
+    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": "hv2"},
+                              hostvars={"hv2": {"kvm_ras_migration_uri": uri}})
+    assert any(fragment in p for p in problems), problems
+
+
+def test_migration_uri_from_inventory_and_template():
+    hostvars = {"hv2": {"ansible_host": "10.0.0.2"}, "hv3": {"kvm_ras_migration_uri": "qemu+tls://hv3.example/system"}}
+    req = ev.validate_request({"evacuate_source": "hv1", "migration_uri_template": "qemu+ssh://root@{address}/system"},
+                              HOSTS, GROUPS, hostvars, forks=None)
+    assert req["migration_uris"] == {"hv2": "qemu+ssh://root@10.0.0.2/system", "hv3": "qemu+tls://hv3.example/system"}
+
+
+def test_vm_timeout_scales_with_ram():
+    req = request(migration_timeout=100, migration_timeout_per_gib=30)
+    assert ev.vm_timeout(req, 64) == 130
+    assert ev.vm_timeout(req, 4096) == 220
+    assert ev.vm_timeout(req, 0) == 100
+
+
+# ------------------------------------------------------------------------------ fixtures --
+
+def domain(name, memory=64, vcpus=1, state="running", persistent=True, uuid=None, disks=None):
+    return {"name": name, "uuid": uuid or "uuid-" + name, "state": state, "active": state == "running",
+            "persistent": persistent, "memory_mib": memory, "vcpus": vcpus,
+            "disks": disks if disks is not None else [
+                {"target": "vda", "type": "file", "device": "disk", "path": "/var/lib/libvirt/images/shared/tick.img",
+                 "readonly": True, "shareable": False, "size": 512}]}
+
+
+def capacity(domains=(), cpus=2, free=20000, cordoned=False, lock=False, paths=None):
+    running = [d for d in domains if d["active"]]
+    return {"changed": False, "libvirt_ok": True, "cpus": cpus, "memory_free_mib": free, "memory_total_mib": 24000,
+            "running_vcpus": sum(d["vcpus"] for d in running), "running_count": len(running),
+            "domains": list(domains), "cordon": {"cordoned": cordoned, "since": "2026-01-01T00:00:00Z",
+                                                 "reason": "DIMM"} if cordoned else {"cordoned": False},
+            "evacuation_lock": {"held": lock, "owner": "other-run"} if lock else {"held": False},
+            "paths": paths if paths is not None else {"/var/lib/libvirt/images/shared/tick.img": {"exists": True, "size": 512}}}
+
+
+def poison(statuses):
+    vms = []
+    for name, status in statuses.items():
+        vms.append({"name": name, "uuid": "uuid-" + name, "pid": 100, "status": status,
+                    "poisoned_pages": [], "migration_guard": False,
+                    "evidence": [{"source": "qemu_log", "detail": "Guest MCE Memory Error at QEMU addr 0x7f00 and GUEST "
+                                  "addr 0x100000 of type BUS_MCEERR_AO injected"}] if status == "poisoned" else [],
+                    "reasons": ["pagemap of pid 100 unreadable"] if status == "unknown" else [],
+                    "qemu_binary": "/usr/bin/qemu-system-x86_64", "memory_mib": 64, "vcpus": 1})
+    return {"vms": vms, "poisoned_vms": [v["name"] for v in vms if v["status"] == "poisoned"],
+            "unknown_vms": [v["name"] for v in vms if v["status"] == "unknown"],
+            "clean_vms": [v["name"] for v in vms if v["status"] == "clean"], "host": {}}
+
+
+def gate_for(poison_result, unknown_policy="leave"):
+    return gate.evaluate(poison_result, operation="live_migration", on_poisoned="skip",
+                         on_unknown="allow" if unknown_policy == "migrate" else "skip")
+
+
+def plan_for(statuses, req=None, targets=None, extra_domains=(), **raw):
+    req = req or request(**raw)
+    doms = [domain(n) for n in statuses] + list(extra_domains)
+    result = poison(statuses)
+    targets = targets if targets is not None else {"hv2": capacity(), "hv3": capacity()}
+    return req, ev.build_plan(req, capacity(doms), targets, result, gate_for(result, req["unknown_vm_policy"]))
+
+
+def by_name(plan):
+    return {vm["name"]: vm for vm in plan["vms"]}
+
+
+# ------------------------------------------------------------------------------ policies --
+
+@pytest.mark.parametrize("status,allowed,poisoned_policy,unknown_policy,expected", [
+    ("clean", True, "leave", "leave", ev.ACTION_LIVE),
+    ("clean", False, "leave", "leave", ev.ACTION_LEAVE),           # gate blocked a clean VM: fail closed
+    ("poisoned", False, "leave", "leave", ev.ACTION_LEAVE),
+    ("poisoned", False, "reboot_then_migrate", "leave", ev.ACTION_REBOOT),
+    ("poisoned", False, "cold_migrate", "leave", ev.ACTION_COLD),
+    ("poisoned", True, "leave", "migrate", ev.ACTION_LEAVE),       # never live-migrate a poisoned VM
+    ("unknown", False, "leave", "leave", ev.ACTION_LEAVE),
+    ("unknown", True, "leave", "migrate", ev.ACTION_LIVE),
+    ("unknown", False, "leave", "migrate", ev.ACTION_LEAVE),      # policy says migrate, gate said no
+    ("unknown", True, "cold_migrate", "leave", ev.ACTION_LEAVE),  # poisoned policy does not apply to unknown
+    ("weird", True, "leave", "leave", ev.ACTION_LEAVE),
+])
+def test_decide_action_table(status, allowed, poisoned_policy, unknown_policy, expected):
+    action, _ = ev.decide_action(status, allowed, poisoned_policy, unknown_policy)
+    assert action == expected
+
+
+def test_poisoned_left_vm_carries_the_upstream_message():
+    action, reason = ev.decide_action("poisoned", False, "leave", "leave")
+    assert (action, reason) == (ev.ACTION_LEAVE, UPSTREAM_REFUSAL)
+
+
+def test_leave_request_wins_over_everything():
+    action, reason = ev.decide_action("clean", True, "leave", "leave", leave_requested=True)
+    assert action == ev.ACTION_LEAVE and "evacuate_leave_vms" in reason
+
+
+# ------------------------------------------------------------------------------ placement --
+
+def test_capacity_excludes_cordoned_locked_and_unreachable_targets():
+    req = request()
+    assert ev.target_capacity("hv2", capacity(cordoned=True), req)["reason"].startswith("cordoned since")
+    assert "being evacuated itself" in ev.target_capacity("hv2", capacity(lock=True), req)["reason"]
+    unreachable = ev.target_capacity("hv2", {"unreachable": True, "msg": "ssh: no route"}, req)
+    assert unreachable["usable"] is False and unreachable["reason"] == "unreachable: ssh: no route"
+    failed = ev.target_capacity("hv2", {"failed": True, "msg": "Failed to connect socket"}, req)
+    assert failed["reason"] == "libvirt not answering: Failed to connect socket"
+    good = ev.target_capacity("hv2", capacity(domains=[domain("x", vcpus=3)], cpus=2, free=2048), req)
+    # 2 CPUs x ratio 4.0 = 8 vCPUs, 3 in use; 2048 MiB free minus the 512 MiB reserve
+    assert (good["usable"], good["vcpu_free"], good["memory_free_mib"]) == (True, 5, 1536)
+
+
+def test_place_spreads_by_free_memory_and_respects_limits():
+    req = request()
+    caps = [ev.target_capacity("hv2", capacity(free=512 + 300), req), ev.target_capacity("hv3", capacity(free=512 + 200), req)]
+    vms = [dict(domain("a", memory=150), action=ev.ACTION_LIVE), dict(domain("b", memory=120), action=ev.ACTION_LIVE),
+           dict(domain("c", memory=100), action=ev.ACTION_LIVE), dict(domain("d", memory=10), action=ev.ACTION_LEAVE)]
+    result = ev.place(vms, caps)
+    # a (150) -> hv2 (300 free, most), b (120) -> hv3 (200 vs 150 left), c (100) -> hv2 (150 vs 80)
+    assert result == {"a": ("hv2", None), "b": ("hv3", None), "c": ("hv2", None)}
+    assert caps[0]["memory_free_mib"] == 50 and caps[1]["memory_free_mib"] == 80
+    assert "d" not in result
+
+
+def test_place_reports_why_a_vm_does_not_fit():
+    req = request()
+    caps = [ev.target_capacity("hv2", capacity(free=512 + 100), req),
+            ev.target_capacity("hv3", capacity(free=20000, cpus=1, domains=[domain("busy", vcpus=4)]), req)]
+    result = ev.place([dict(domain("big", memory=200, vcpus=1), action=ev.ACTION_LIVE)], caps)
+    target, reason = result["big"]
+    assert target is None
+    assert reason == "no target with room for 200 MiB and 1 vCPU(s): hv2 has 100 MiB free; hv3 has 0 vCPU(s) free"
+
+
+def test_cold_migration_needs_the_disks_on_the_target():
+    ok, why = ev.disks_available([{"type": "file", "path": "/img/a.qcow2", "size": 10}], {"/img/a.qcow2": {"exists": False}})
+    assert not ok and "do not exist on the target: cold migration needs shared or copied storage" in why
+    ok, why = ev.disks_available([{"type": "file", "path": "/img/a.qcow2", "size": 10}], {"/img/a.qcow2": {"exists": True, "size": 11}})
+    assert not ok and "differ in size" in why
+    assert ev.disks_available([{"type": "network", "path": "pool/rbd"}, {"type": "file", "path": None}], {}) == (True, None)
+
+
+# ------------------------------------------------------------------------------ plan --
+
+def test_plan_all_clean_moves_everything_within_capacity():
+    req, plan = plan_for({"g%d" % i: "clean" for i in range(6)})
+    vms = by_name(plan)
+    assert plan["moves"] == 6 and plan["counts"] == {ev.ACTION_LIVE: 6}
+    assert sorted(vm["target"] for vm in vms.values()) == ["hv2", "hv2", "hv2", "hv3", "hv3", "hv3"]
+    assert all(vm["dest_uri"] == "qemu+tcp://%s/system" % vm["target"] for vm in vms.values())
+    assert all(vm["timeout"] == 300 + 60 for vm in vms.values())
+
+
+def test_plan_poisoned_unknown_and_inactive():
+    stopped = domain("off", state="shut off")
+    stopped["active"] = False
+    req, plan = plan_for({"ok": "clean", "bad": "poisoned", "what": "unknown"}, extra_domains=[stopped])
+    vms = by_name(plan)
+    assert (vms["ok"]["action"], vms["bad"]["action"], vms["what"]["action"], vms["off"]["action"]) == (
+        ev.ACTION_LIVE, ev.ACTION_LEAVE, ev.ACTION_LEAVE, ev.ACTION_NONE)
+    assert vms["bad"]["reason"] == UPSTREAM_REFUSAL and vms["bad"]["target"] is None
+    assert "pagemap of pid 100 unreadable" in vms["what"]["reason"]
+    assert vms["bad"]["evidence"][0]["source"] == "qemu_log"
+    assert plan["running"] == 3 and plan["moves"] == 1
+
+
+def test_plan_reboot_and_unknown_migrate_policies():
+    _, plan = plan_for({"bad": "poisoned", "what": "unknown"}, poisoned_vm_policy="reboot_then_migrate",
+                       unknown_vm_policy="migrate")
+    vms = by_name(plan)
+    assert vms["bad"]["action"] == ev.ACTION_REBOOT and vms["bad"]["target"] in ("hv2", "hv3")
+    assert vms["what"]["action"] == ev.ACTION_LIVE
+
+
+def test_plan_cold_migrate_refused_without_storage_on_targets():
+    targets = {"hv2": capacity(paths={}), "hv3": capacity(paths={})}
+    _, plan = plan_for({"bad": "poisoned"}, targets=targets, poisoned_vm_policy="cold_migrate")
+    vm = by_name(plan)["bad"]
+    assert vm["action"] == ev.ACTION_LEAVE and vm["planned_action"] == ev.ACTION_COLD and vm["no_room"]
+    assert "cold migration needs shared or copied storage" in vm["reason"]
+
+
+def test_plan_leave_list_by_name_or_uuid_and_unknown_names_refused():
+    _, plan = plan_for({"a": "clean", "b": "clean"}, evacuate_leave_vms=["uuid-b"])
+    assert by_name(plan)["b"]["action"] == ev.ACTION_LEAVE
+    with pytest.raises(ev.EvacuationInputError) as info:
+        plan_for({"a": "clean"}, evacuate_leave_vms=["nosuch"])
+    assert "evacuate_leave_vms names 'nosuch', which hv1 does not have (its VMs: a)" in str(info.value)
+
+
+def test_plan_with_no_usable_target_is_a_problem_but_an_empty_host_is_not():
+    targets = {"hv2": capacity(cordoned=True), "hv3": {"failed": True, "msg": "libvirtd down"}}
+    _, plan = plan_for({"a": "clean"}, targets=targets)
+    assert ev.plan_problems(plan) == [
+        "no usable target for 1 VM(s): hv2 cordoned since 2026-01-01T00:00:00Z (DIMM): uncordon it first to use it as "
+        "a target; hv3 libvirt not answering: libvirtd down"]
+    _, empty = plan_for({}, targets=targets)
+    assert ev.plan_problems(empty) == [] and empty["moves"] == 0
+
+
+def test_render_plan_lists_every_vm_and_quotes_odd_names():
+    _, plan = plan_for({"web1": "clean", "odd $(x) 'q'": "poisoned"})
+    text = "\n".join(ev.render_plan(plan, request(), check_mode=True))
+    assert "Evacuation plan for hv1 (check mode: nothing will change)" in text
+    assert "\"odd $(x) 'q'\"" in text and UPSTREAM_REFUSAL in text
+    assert "summary: leave 1, live_migrate 1; 1 to move" in text
+
+
+# ------------------------------------------------------------------------------ lock --
+
+def test_lock_decisions():
+    now = 10000.0
+    assert ev.lock_decision(None, "run1", now)[0] == ev.LOCK_ACQUIRE
+    assert ev.lock_decision({"owner": "run1", "since": now}, "run1", now)[0] == ev.LOCK_REENTER
+    decision, message = ev.lock_decision({"owner": "run0", "controller": "awx-1", "since": now - 60,
+                                          "since_iso": "2026-01-01T00:00:00Z"}, "run1", now)
+    assert decision == ev.LOCK_REFUSE
+    assert "lock held by run run0 from awx-1 since 2026-01-01T00:00:00Z" in message
+    assert "-e evacuate_break_lock=true" in message
+    assert ev.lock_decision({"owner": "run0", "since": now - 60}, "run1", now, break_lock=True)[0] == ev.LOCK_BREAK
+    assert ev.lock_decision({"owner": "run0", "since": now - 60}, "run1", now, stale_after=30)[0] == ev.LOCK_BREAK
+    assert ev.lock_decision({"owner": "run0", "since": now - 60}, "run1", now, stale_after=120)[0] == ev.LOCK_REFUSE
+    assert ev.lock_decision({"unreadable": "not JSON"}, "run1", now)[0] == ev.LOCK_REFUSE
+
+
+# ------------------------------------------------------------------------------ outcomes --
+
+MIGRATED = {"changed": True, "migrated": True, "running_on": "destination", "failure": None,
+            "duration_seconds": 1.42, "job": {"duration_ms": 1400}}
+TIMED_OUT = {"failed": True, "changed": False, "running_on": "source", "aborted": True,
+             "failure": {"class": "timeout", "message": "operation aborted: migration out job: canceled by client"},
+             "msg": "timeout"}
+DEST_DOWN = {"failed": True, "changed": False, "running_on": "source",
+             "failure": {"class": "destination", "message": "unable to connect to server at 'hv3:16509': Connection refused"}}
+SKIPPED = {"skipped": True, "changed": False}
+
+
+def plan_vm(name, action, target="hv2"):
+    return {"name": name, "action": action, "target": target, "persistent": True, "uuid": "uuid-" + name}
+
+
+def test_outcome_of_a_live_migration():
+    out = ev.vm_outcome(plan_vm("a", ev.ACTION_LIVE), {"reboot": SKIPPED, "migrate": MIGRATED, "cold": SKIPPED})
+    assert (out["result"], out["duration_s"], out["failure_class"]) == ("moved", 1.42, None)
+    out = ev.vm_outcome(plan_vm("a", ev.ACTION_LIVE), {"migrate": TIMED_OUT})
+    assert (out["result"], out["failure_class"]) == ("not_moved", "timeout")
+    assert out["message"] == "operation aborted: migration out job: canceled by client"
+    out = ev.vm_outcome(plan_vm("a", ev.ACTION_LIVE), {})
+    assert out["result"] == "not_started" and "did not run" in out["message"]
+
+
+def test_outcome_of_reboot_then_migrate():
+    vm = plan_vm("p", ev.ACTION_REBOOT)
+    clean = poison({"p": "clean"})
+    still = poison({"p": "poisoned"})
+    out = ev.vm_outcome(vm, {"reboot": {"changed": True, "mode": "restart"}, "recheck": clean,
+                             "gate": gate_for(clean), "migrate": MIGRATED})
+    assert out["result"] == "moved" and out["recheck_status"] == "clean"
+    assert out["steps"] == ["reboot (restart): done", "re-check after reboot: clean", "live migration: done"]
+    out = ev.vm_outcome(vm, {"reboot": {"changed": True, "mode": "reset"}, "recheck": still,
+                             "gate": gate_for(still), "migrate": SKIPPED})
+    assert (out["result"], out["failure_class"]) == ("not_moved", "still_poisoned")
+    assert out["message"] == "still poisoned after the reboot: " + UPSTREAM_REFUSAL
+    out = ev.vm_outcome(vm, {"reboot": {"failed": True, "msg": "domain is not running"}})
+    assert (out["result"], out["failure_class"], out["message"]) == ("not_moved", "reboot", "domain is not running")
+
+
+# ------------------------------------------------------------------------------ verification --
+
+def states(**hosts):
+    return {host: capacity(doms) if isinstance(doms, list) else doms for host, doms in hosts.items()}
+
+
+def verify_one(action, post, persistent=True, target="hv2"):
+    vm = plan_vm("a", action, target)
+    vm["persistent"] = persistent
+    plan = {"source": "hv1", "targets": [], "vms": [vm]}
+    return ev.verify(plan, [], post)[0]
+
+
+def gone(name):
+    return domain(name)
+
+
+def defined_only(name):
+    d = domain(name, state="shut off")
+    d["active"] = False
+    return d
+
+
+def test_verify_migrated_and_definitions():
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[], hv2=[domain("a")], hv3=[]))
+    assert (rec["status"], rec["running_on"], rec["defined_on"], rec["problems"]) == (ev.ST_MIGRATED, ["hv2"], ["hv2"], [])
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[defined_only("a")], hv2=[domain("a")], hv3=[]))
+    assert rec["problems"] == ["still defined on the source hv1: it could be started twice"]
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[], hv2=[domain("a", persistent=False)], hv3=[]))
+    assert rec["problems"] == ["not persistent on hv2 although it was persistent on the source"]
+
+
+def test_verify_stayed_left_down_duplicate_unverified():
+    assert verify_one(ev.ACTION_LIVE, states(hv1=[domain("a")], hv2=[], hv3=[]))["status"] == ev.ST_STAYED
+    assert verify_one(ev.ACTION_LEAVE, states(hv1=[domain("a")], hv2=[], hv3=[]))["status"] == ev.ST_LEFT
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[defined_only("a")], hv2=[], hv3=[]))
+    assert rec["status"] == ev.ST_DOWN and rec["problems"] == ["runs nowhere: it was running on hv1 when the evacuation began"]
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[domain("a")], hv2=[domain("a")], hv3=[]))
+    assert rec["status"] == ev.ST_DUPLICATE and rec["running_on"] == ["hv1", "hv2"]
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[], hv2=[], hv3={"unreachable": True}))
+    assert rec["status"] == ev.ST_UNVERIFIED and "could not ask hv3" in rec["problems"][0]
+
+
+def test_verify_uses_qemu_processes_when_libvirt_is_down():
+    # host_capacity on a host whose libvirtd is stopped: failed, but QEMU processes listed
+    dead = {"failed": True, "msg": "Failed to connect socket to '/var/run/libvirt/libvirt-sock'",
+            "qemu_processes": [{"name": "a", "pid": 4242, "uuid": "uuid-a"}]}
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[], hv2=[], hv3=dead), target="hv3")
+    assert rec["status"] == ev.ST_MIGRATED and rec["running_on"] == ["hv3"]
+    assert rec["problems"] == ["its definition on hv3 could not be checked (libvirt not answering)"]
+    assert rec["notes"] == ["libvirt on hv3 did not answer; its QEMU processes were listed instead"]
+    rec = verify_one(ev.ACTION_LIVE, states(hv1=[domain("a")], hv2=[], hv3=dict(dead, qemu_processes=[])), target="hv3")
+    assert rec["status"] == ev.ST_STAYED and rec["running_on"] == ["hv1"]
+
+
+def test_restore_candidates_prefer_the_source():
+    plan = {"source": "hv1", "targets": [], "vms": [plan_vm("a", ev.ACTION_REBOOT), plan_vm("b", ev.ACTION_COLD),
+                                                      plan_vm("c", ev.ACTION_LIVE), plan_vm("off", ev.ACTION_NONE)]}
+    post = states(hv1=[defined_only("a"), defined_only("off")], hv2=[defined_only("b")], hv3=[domain("c")])
+    assert ev.restore_candidates(plan, post) == [{"name": "a", "host": "hv1"}, {"name": "b", "host": "hv2"}]
+
+
+# ------------------------------------------------------------------------------ report + exit --
+
+RUN = {"run_id": "hv1-20260101T000000Z-abcd", "started_at": "2026-01-01T00:00:00Z",
+       "finished_at": "2026-01-01T00:01:00Z", "controller": "ctl", "check_mode": False}
+
+
+def report_for(statuses, post, outcomes, **raw):
+    req, plan = plan_for(statuses, **raw)
+    records = ev.verify(plan, outcomes, post)
+    return ev.build_report(req, plan, outcomes, records, RUN)
+
+
+def test_report_all_moved_is_ok_and_serialisable():
+    outcomes = [dict(ev.vm_outcome(plan_vm(n, ev.ACTION_LIVE), {"migrate": MIGRATED}), name=n) for n in ("a", "b")]
+    report = report_for({"a": "clean", "b": "clean"}, states(hv1=[], hv2=[domain("a")], hv3=[domain("b")]), outcomes)
+    assert report["failed"] is False and report["source_empty"] is True
+    assert report["msg"] == "evacuation done: 2 VM(s) moved, the source runs no VM"
+    assert {v["name"]: v["running_on"] for v in report["vms"]} == {"a": ["hv2"], "b": ["hv3"]}
+    json.dumps(report)
+    text = "\n".join(ev.render_report(report))
+    assert "OK: evacuation done" in text and "1.4 s" in text
+
+
+def test_report_poisoned_left_by_policy_is_not_a_failure_but_is_named():
+    report = report_for({"bad": "poisoned"}, states(hv1=[domain("bad")], hv2=[], hv3=[]), [])
+    assert report["failed"] is False and report["source_empty"] is False
+    assert report["left_on_source"] == ["bad"]
+    vm = report["vms"][0]
+    assert (vm["status"], vm["action"], vm["reason"]) == (ev.ST_LEFT, ev.ACTION_LEAVE, UPSTREAM_REFUSAL)
+    assert report["msg"] == "evacuation done: 0 VM(s) moved, 1 left on the source as asked: bad"
+
+
+def test_report_failed_migration_fails_the_run_and_names_it():
+    outcomes = [dict(ev.vm_outcome(plan_vm("a", ev.ACTION_LIVE, "hv3"), {"migrate": DEST_DOWN}), name="a")]
+    report = report_for({"a": "clean"}, states(hv1=[domain("a")], hv2=[], hv3=[]), outcomes)
+    vm = report["vms"][0]
+    assert report["failed"] is True and vm["status"] == ev.ST_STAYED and vm["failure_class"] == "destination"
+    assert report["msg"].startswith("evacuation incomplete: 1 VM(s) need attention: a stayed (unable to connect")
+    assert "FAILED: evacuation incomplete" in "\n".join(ev.render_report(report))
+
+
+def test_exit_rule():
+    assert ev.exit_decision([])["failed"] is False
+    for status in ev.FAILING_STATUSES:
+        assert ev.exit_decision([{"name": "x", "status": status, "reason": "r"}])["failed"] is True
+    for status in (ev.ST_MIGRATED, ev.ST_LEFT, ev.ST_NOT_RUNNING):
+        assert ev.exit_decision([{"name": "x", "status": status, "reason": None}])["failed"] is False
+    assert ev.exit_decision([{"name": "x", "status": ev.ST_MIGRATED, "problems": ["still defined"]}])["failed"] is True
+
+
+def test_rerun_on_an_emptied_host_is_a_no_op_plan():
+    _, plan = plan_for({})
+    assert plan["vms"] == [] and plan["moves"] == 0 and ev.plan_problems(plan) == []
+    report = ev.build_report(request(), plan, [], ev.verify(plan, [], states(hv1=[], hv2=[], hv3=[])), RUN)
+    assert report["failed"] is False and report["msg"] == "evacuation done: 0 VM(s) moved, the source runs no VM"
+
+
+# ------------------------------------------------------------------------------ domain XML --
+
+DOMAIN_XML = """<domain type='qemu'><name>g1</name><devices>
+  <disk type='file' device='disk'><driver name='qemu' type='raw'/>
+    <source file='/var/lib/libvirt/images/shared/tick.img'/><target dev='vda' bus='virtio'/><readonly/></disk>
+  <disk type='block' device='disk'><source dev='/dev/vg/data'/><target dev='vdb' bus='virtio'/><shareable/></disk>
+  <disk type='network' device='disk'><source protocol='rbd' name='pool/img'/><target dev='vdc' bus='virtio'/></disk>
+  <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
+</devices></domain>"""
+
+
+def test_domain_disks():
+    disks = ev.domain_disks(DOMAIN_XML)
+    assert [(d["target"], d["type"], d["path"], d["readonly"], d["shareable"]) for d in disks] == [
+        ("vda", "file", "/var/lib/libvirt/images/shared/tick.img", True, False),
+        ("vdb", "block", "/dev/vg/data", False, True),
+        ("vdc", "network", "pool/img", False, False),
+        ("hdc", "file", None, True, False),
+    ]
+
+
+def test_misspelt_extra_vars_are_caught_but_unrelated_ones_pass():
+    assert ev.misspelt_inputs(["max_paralel", "poisoned_vm_polcy", "ansible_python_interpreter", "cordon",
+                               "my_site_var"]) == [
+        "extra var 'max_paralel' is not an input of evacuate_host: did you mean 'max_parallel'?",
+        "extra var 'poisoned_vm_polcy' is not an input of evacuate_host: did you mean 'poisoned_vm_policy'?",
+    ]
