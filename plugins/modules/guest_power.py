@@ -1,0 +1,223 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: guest_power
+short_description: Start, reset or restart one libvirt VM without reading its memory
+version_added: 0.1.0
+description:
+  - V(running) starts a defined VM that is not running (nothing to do when it runs).
+  - V(reset) resets a running VM in place (C(virsh reset)). QEMU keeps running. On KVM,
+    QEMU empties its hardware-poison list and maps fresh pages over the poisoned ones. Under
+    TCG, and for guest RAM backed by shared memory or huge pages on QEMU older than 10.0, the
+    poisoned page can survive a reset; check the VM again before migrating it.
+  - V(restarted) powers the VM off and starts it again, so a new QEMU process holds it, with fresh guest
+    memory and an empty poison list, whatever the QEMU version or memory backing. For the
+    guest it is a hard reset, like V(reset).
+  - None of these reads guest RAM, so they are safe for a VM with poisoned memory.
+author:
+  - kvm_ras maintainers
+requirements:
+  - libvirt-python on the hypervisor (Debian/Ubuntu package C(python3-libvirt)).
+extends_documentation_fragment:
+  - kvm_ras.poison_guard.attributes
+  - kvm_ras.poison_guard.attributes.ACTING_MODULE
+options:
+  name:
+    description:
+      - Name of the libvirt domain.
+    type: str
+    required: true
+  state:
+    description:
+      - V(running), V(reset) or V(restarted).
+    type: str
+    choices: [running, reset, restarted]
+    default: running
+  libvirt_uri:
+    description:
+      - libvirt URI of the hypervisor.
+    type: str
+    default: qemu:///system
+  wait:
+    description:
+      - Seconds to wait for the VM to run again (V(restarted), V(running)).
+    type: int
+    default: 60
+notes:
+  - V(restarted) first asks QEMU to exit (SIGTERM, so it can flush disk caches), then forces
+    the power-off when that does not work. A transient VM is started again from its XML.
+"""
+
+EXAMPLES = r"""
+- name: Restart a poisoned VM so that a fresh QEMU holds its memory
+  kvm_ras.poison_guard.guest_power:
+    name: db01
+    state: restarted
+
+- name: Start a VM again that an interrupted run left shut off
+  kvm_ras.poison_guard.guest_power:
+    name: db01
+    state: running
+"""
+
+RETURN = r"""
+name:
+  description: The VM.
+  returned: always
+  type: str
+  sample: db01
+state:
+  description: The state asked for.
+  returned: always
+  type: str
+  sample: restarted
+mode:
+  description: V(reset) or V(restart) for the reboot states (what a poison re-check needs to know).
+  returned: always
+  type: str
+  sample: restart
+running:
+  description: True when the VM runs at the end.
+  returned: always
+  type: bool
+  sample: true
+pid_before:
+  description: PID of the VM's QEMU before, from libvirt's PID file (null when unknown or not running).
+  returned: always
+  type: int
+  sample: 4242
+pid_after:
+  description: PID of the VM's QEMU afterwards.
+  returned: always
+  type: int
+  sample: 5120
+"""
+
+import time
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import DEFAULT_LIBVIRT_URI
+
+LIBVIRT_IMPORT_ERROR = None
+try:
+    import libvirt
+except ImportError:
+    libvirt = None
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+PID_DIR = "/run/libvirt/qemu"
+
+
+def qemu_pid(name):
+    try:
+        with open("%s/%s.pid" % (PID_DIR, name)) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_running(dom, seconds):
+    deadline = time.time() + seconds
+    while True:
+        if dom.isActive():
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def power_off(dom):
+    """Ask QEMU to exit (SIGTERM), then force it; never reads guest RAM."""
+    try:
+        dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+    except libvirt.libvirtError:
+        if dom.isActive():
+            dom.destroy()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            state=dict(type="str", choices=["running", "reset", "restarted"], default="running"),
+            libvirt_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
+            wait=dict(type="int", default=60),
+        ),
+        supports_check_mode=True,
+    )
+    if libvirt is None:
+        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
+                         exception=LIBVIRT_IMPORT_ERROR)
+    p = module.params
+    name, state = p["name"], p["state"]
+    mode = {"reset": "reset", "restarted": "restart"}.get(state)
+    result = {"name": name, "state": state, "mode": mode, "changed": False, "pid_before": qemu_pid(name),
+              "pid_after": None, "running": False}
+    try:
+        conn = libvirt.open(p["libvirt_uri"])
+    except libvirt.libvirtError as exc:
+        module.fail_json(msg="libvirt at %s does not answer: %s" % (p["libvirt_uri"], exc), **result)
+    try:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            module.fail_json(msg="no VM %r on this host: %s" % (name, exc), **result)
+        active = bool(dom.isActive())
+        if state == "running":
+            if active:
+                result.update(running=True, pid_after=result["pid_before"])
+                module.exit_json(**result)
+            result["changed"] = True
+            if not module.check_mode:
+                dom.create()
+                result["running"] = wait_running(dom, p["wait"])
+                result["pid_after"] = qemu_pid(name)
+                if not result["running"]:
+                    module.fail_json(msg="%r was started but does not run after %d s" % (name, p["wait"]), **result)
+            module.exit_json(**result)
+        if not active:
+            module.fail_json(msg="%r does not run, so it cannot be %s" % (name, "reset" if mode == "reset" else "restarted"),
+                             **result)
+        result["changed"] = True
+        if module.check_mode:
+            result["running"] = True
+            module.exit_json(**result)
+        if mode == "reset":
+            dom.reset(0)
+            result.update(running=bool(dom.isActive()), pid_after=qemu_pid(name))
+            module.exit_json(**result)
+        persistent = bool(dom.isPersistent())
+        xml = None if persistent else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+        power_off(dom)
+        try:
+            if persistent:
+                dom.create()
+            else:
+                dom = conn.createXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            module.fail_json(msg="CRITICAL: %r was powered off for the restart and did not start again: %s"
+                             % (name, exc), **result)
+        result["running"] = wait_running(dom, p["wait"])
+        result["pid_after"] = qemu_pid(name)
+        if not result["running"]:
+            module.fail_json(msg="CRITICAL: %r was restarted but does not run after %d s" % (name, p["wait"]), **result)
+        module.exit_json(**result)
+    except libvirt.libvirtError as exc:
+        module.fail_json(msg="libvirt failed on %r: %s" % (name, exc), **result)
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+if __name__ == "__main__":
+    main()
