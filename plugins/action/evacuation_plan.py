@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of kvm_ras.poison_guard.evacuation_plan (documented in
+plugins/modules/evacuation_plan.py): the plan of an evacuation, made on the controller from
+gathered facts with the rules of plugins/module_utils/evacuation.py."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_plan import DOCUMENTATION
+
+ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
+
+
+def by_host(results):
+    """Loop results (each with ``item`` = host) or a dict host -> result -> dict host -> result."""
+    if isinstance(results, dict):
+        if isinstance(results.get("results"), list):
+            results = results["results"]
+        else:
+            return dict(results)
+    mapped = {}
+    for entry in results or []:
+        if isinstance(entry, dict) and isinstance(entry.get("item"), str):
+            mapped[entry["item"]] = entry
+    return mapped
+
+
+class ActionModule(ActionBase):
+    """Make the plan; nothing is contacted or changed."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        request = args["request"]
+        source = args["source"]
+        if source.get("failed") or not source.get("libvirt_ok", True):
+            raise AnsibleActionFail("the source's libvirt did not answer, nothing can be planned: %s"
+                                    % (source.get("msg") or "no message"))
+        for name in ("poison_info", "gate"):
+            if args[name].get("failed") or args[name].get("skipped"):
+                raise AnsibleActionFail("the %s step failed, so the evacuation cannot decide and stops before any "
+                                        "change (fail closed): %s" % (name, args[name].get("msg") or "no message"))
+        try:
+            plan = evacuation.build_plan(request, source, by_host(args["targets"]), args["poison_info"], args["gate"])
+        except evacuation.EvacuationInputError as exc:
+            raise AnsibleActionFail(str(exc), result={"problems": exc.problems}) from exc
+        lines = evacuation.render_plan(plan, request, check_mode=args["check_mode"])
+        problems = evacuation.plan_problems(plan)
+        result.update({"changed": False, "plan": plan, "lines": lines})
+        if problems:
+            result.update({"failed": True, "problems": problems, "msg": evacuation.format_problems(problems)})
+        return result

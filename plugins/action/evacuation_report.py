@@ -1,0 +1,101 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of kvm_ras.poison_guard.evacuation_report (documented in
+plugins/modules/evacuation_report.py): verification, report files and exit rule of an
+evacuation, on the controller, with the rules of plugins/module_utils/evacuation.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.kvm_ras.poison_guard.plugins.action.evacuation_plan import by_host
+from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_report import DOCUMENTATION
+
+ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
+
+
+def write_files(directory, basename, report, lines):
+    """Write <basename>.json and .txt (never overwriting an older report); return the paths."""
+    directory = os.path.abspath(os.path.expanduser(directory))
+    os.makedirs(directory, exist_ok=True)
+    stem, suffix = os.path.join(directory, basename), 0
+    while os.path.exists(stem + ".json") or os.path.exists(stem + ".txt"):
+        suffix += 1
+        stem = os.path.join(directory, "%s-%d" % (basename, suffix))
+    with open(stem + ".json", "w") as handle:
+        json.dump(report, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+    with open(stem + ".txt", "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return {"json": stem + ".json", "text": stem + ".txt"}
+
+
+class ActionModule(ActionBase):
+    """Verify, report, decide the exit status; writes only the report files on the controller."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    _supports_async = False
+
+    def _outcomes(self, plan, vm_hosts, task_vars):
+        hostvars = task_vars.get("hostvars") or {}
+        results_by_name = {}
+        for host in vm_hosts:
+            if host not in hostvars:
+                continue
+            hvars = hostvars[host]
+            entry = hvars.get("evacuation_vm")
+            if not isinstance(entry, dict) or not entry.get("name"):
+                continue
+            results_by_name[entry["name"]] = hvars.get("evacuation_vm_results") or {}
+        outcomes = []
+        for vm in plan["vms"]:
+            if vm["action"] in evacuation.MOVING_ACTIONS:
+                outcomes.append(evacuation.vm_outcome(vm, results_by_name.get(vm["name"])))
+        return outcomes
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        task_vars = task_vars or {}
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        request, plan, run = args["request"], args["plan"], dict(args["run"])
+        states = by_host(args["states"])
+        result["changed"] = False
+        result["restore"] = evacuation.restore_candidates(plan, states)
+        if not args["write"]:
+            return result
+
+        outcomes = self._outcomes(plan, args["vm_hosts"], task_vars)
+        records = evacuation.verify(plan, outcomes, states)
+        restored = []
+        for item in args["restored"]:
+            target = item.get("item") if isinstance(item.get("item"), dict) else {}
+            restored.append({"name": target.get("name") or item.get("name"), "host": target.get("host"),
+                             "ok": not item.get("failed") and not item.get("unreachable"),
+                             "msg": item.get("msg")})
+        run["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report = evacuation.build_report(request, plan, outcomes, records, run, restored=restored)
+        lines = evacuation.render_report(report)
+        try:
+            files = write_files(request["evacuate_report_dir"],
+                                evacuation.report_basename(plan["source"], run.get("started_compact") or "run"),
+                                report, lines)
+        except OSError as exc:
+            raise AnsibleActionFail("cannot write the evacuation report to %s on the controller: %s (set "
+                                    "evacuate_report_dir to a writable directory); the report follows:\n%s"
+                                    % (request["evacuate_report_dir"], exc, "\n".join(lines)),
+                                    result={"report": report, "lines": lines, "evacuation_failed": True}) from exc
+        report["files"] = files
+        result.update({"report": report, "lines": lines, "files": files,
+                       "evacuation_failed": report["failed"], "msg": report["msg"]})
+        return result

@@ -1,0 +1,93 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of kvm_ras.poison_guard.evacuation_request (documented in
+plugins/modules/evacuation_request.py): checks an evacuation's inputs against the inventory on
+the controller, with the rules of plugins/module_utils/evacuation.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from ansible import context
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
+
+ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
+HOSTVAR_KEYS = ("kvm_ras_migration_uri", "kvm_ras_migration_address", "ansible_host")
+
+
+def extra_var_names():
+    """Names of the extra vars given on the command line (-e k=v, -e @file, -e JSON)."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.utils.vars import load_extra_vars
+
+    try:
+        return sorted(load_extra_vars(DataLoader()).keys())
+    except Exception:  # pylint: disable=broad-except
+        return []
+
+
+class ActionModule(ActionBase):
+    """Validate the request; nothing is contacted or changed."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp
+        task_vars = task_vars or {}
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        names = args.pop("extra_var_names")
+        raw = {name: value for name, value in args.items() if value is not None}
+
+        groups = {name: list(hosts) for name, hosts in (task_vars.get("groups") or {}).items()}
+        inventory = sorted(set(groups.get("all") or []) | set(groups.get("ungrouped") or []))
+        hostvars = {}
+        all_hostvars = task_vars.get("hostvars") or {}
+        wanted = set()
+        targets = raw.get("evacuate_targets")
+        if isinstance(targets, str):
+            wanted.update(t.strip() for t in targets.split(","))
+        elif isinstance(targets, (list, tuple)):
+            wanted.update(t for t in targets if isinstance(t, str))
+        wanted.update(groups.get(raw.get("evacuate_group") or evacuation.DEFAULTS["evacuate_group"]) or [])
+        for host in wanted:
+            if host in inventory:
+                hvars = all_hostvars[host]
+                hostvars[host] = {key: self._templar.template(hvars[key]) for key in HOSTVAR_KEYS if key in hvars}
+
+        forks = context.CLIARGS.get("forks")
+        problems = evacuation.misspelt_inputs(extra_var_names() if names is None else names)
+        try:
+            request = evacuation.validate_request(raw, inventory, groups, hostvars, forks=forks)
+        except evacuation.EvacuationInputError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            raise AnsibleActionFail(evacuation.format_problems(problems), result={"problems": problems})
+
+        now = time.time()
+        compact = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        result.update({
+            "changed": False,
+            "request": request,
+            "run": {
+                "run_id": "%s-%s-%s" % (request["evacuate_source"], compact, os.urandom(3).hex()),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "started_epoch": now,
+                "started_compact": compact,
+                "controller": socket.gethostname(),
+                "check_mode": bool(self._task.check_mode),
+                "forks": forks,
+            },
+        })
+        return result
