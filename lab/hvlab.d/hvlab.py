@@ -1187,9 +1187,11 @@ def cmd_down(args) -> int:
                 for repository in (IMAGE_REPOSITORY, BASE_REPOSITORY):
                     refs = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
                                   repository).stdout.split()
-                    if refs:
-                        docker("image", "rm", *refs)
-                        notes.append(f"removed images {' '.join(refs)}")
+                    for ref in refs:
+                        if docker("image", "rm", ref, check=False).returncode == 0:
+                            notes.append(f"removed image {ref}")
+                        else:
+                            notes.append(f"kept image {ref}: containers still use it")
         if read_json(DOCKERD_RECORD):
             others = []
             if state.answering and state.ours:
