@@ -366,13 +366,17 @@ def test_every_module_call_validates_against_the_awx_argument_spec(calls):
     assert len(by_module["awx.awx.execution_environment"]) == 1
     assert len(by_module["awx.awx.project"]) == 1
     assert {p["name"] for p in by_module["awx.awx.job_template"]} == {
-        "Evacuate hypervisor", "Fleet poison report", "Deploy patched QEMU"}
+        "Evacuate hypervisor", "Fleet poison report - start", "Fleet poison report",
+        "Fleet poison report - merge", "Deploy patched QEMU", "Uncordon hypervisor"}
     assert [p["name"] for p in by_module["awx.awx.workflow_job_template"]] == [
-        "Evacuate hypervisor with approval"]
+        "Fleet poison report (sliced)", "Evacuate hypervisor with approval"]
     nodes = by_module["awx.awx.workflow_job_template_node"]
     created = [p for p in nodes if "unified_job_template" in p or "approval_node" in p]
     linked = [p for p in nodes if any(k in p for k in LINK_KEYS)]
-    assert len(created) == 5 and len(linked) == 4
+    assert len(created) == 3 + 5 and len(linked) == 2 + 4
+    # the approval node is created as an approval template, not looked up as a job template
+    approvals = [p for p in created if "approval_node" in p]
+    assert len(approvals) == 1 and "unified_job_template" not in approvals[0]
 
 
 def test_the_argument_spec_check_catches_typos():
@@ -493,6 +497,7 @@ def test_fleet_report_template_is_sliceable(config):
     jt = job_template(config, "Fleet poison report")
     assert jt["job_slice_count"] > 1
     assert jt["playbook"] == "playbooks/poison_report.yml"
+    assert jt["extra_vars"]["poison_report_phase"] == "scan"
 
 
 def test_deploy_template(config):
@@ -535,32 +540,62 @@ def _paths(edges, roots):
         yield from walk(root, [])
 
 
-def test_workflow_report_plan_approval_evacuate_report(config):
-    (workflow,) = config["controller_workflows"]
-    assert workflow["allow_simultaneous"] is False
+def _workflow(config, name):
+    matches = [wf for wf in config["controller_workflows"] if wf["name"] == name]
+    assert len(matches) == 1, f"workflow {name!r} must be defined once"
+    return matches[0]
+
+
+def _node_kinds(config, workflow):
+    """Every root-to-leaf path of a workflow, each node named by what it does."""
     nodes, edges = _workflow_graph(workflow)
     roots = [i for i in nodes if not any(i in t for t in edges.values())]
     templates = {jt["name"]: jt for jt in config["controller_templates"]}
+    workflows = {wf["name"]: wf for wf in config["controller_workflows"]}
 
     def kind(ident):
         node = nodes[ident]
         if "approval_node" in node:
             return "approval"
         name = node["unified_job_template"]
+        if name in workflows:
+            inner = [k for path in _node_kinds(config, workflows[name]) for k in path]
+            return "report" if inner == ["report_start", "report_scan", "report_merge"] else name
         assert name in templates, f"node {ident}: unknown job template {name!r}"
-        if templates[name]["playbook"].endswith("evacuate_host.yml"):
-            job_type = node.get("job_type", templates[name].get("job_type", "run"))
+        jt = templates[name]
+        if jt["playbook"].endswith("evacuate_host.yml"):
+            job_type = node.get("job_type", jt.get("job_type", "run"))
             return "plan" if job_type == "check" else "evacuate"
-        return "report" if templates[name]["playbook"].endswith("poison_report.yml") else name
+        if jt["playbook"].endswith("poison_report.yml"):
+            phase = (jt.get("extra_vars") or {}).get("poison_report_phase", "all")
+            return "report" if phase == "all" else f"report_{phase}"
+        return name
 
-    paths = [[kind(i) for i in p] for p in _paths(edges, roots)]
+    return [[kind(i) for i in path] for path in _paths(edges, roots)]
+
+
+def test_report_workflow_start_scan_merge(config):
+    workflow = _workflow(config, "Fleet poison report (sliced)")
+    assert _node_kinds(config, workflow) == [["report_start", "report_scan", "report_merge"]]
+    nodes, _ = _workflow_graph(workflow)
+    scan = job_template(config, nodes["report_scan"]["unified_job_template"])
+    assert scan["job_slice_count"] > 1
+    for ident in ("report_start", "report_merge"):
+        assert job_template(config, nodes[ident]["unified_job_template"])["job_slice_count"] == 1
+    # start and merge must see the same report directory as the slices
+    dirs = {job_template(config, n["unified_job_template"])["extra_vars"]["poison_report_dir"]
+            for n in nodes.values()}
+    assert len(dirs) == 1
+
+
+def test_workflow_report_plan_approval_evacuate_report(config):
+    workflow = _workflow(config, "Evacuate hypervisor with approval")
+    assert workflow["allow_simultaneous"] is False
+    paths = _node_kinds(config, workflow)
     assert paths == [["report", "plan", "approval", "evacuate", "report"]]
+    nodes, edges = _workflow_graph(workflow)
+    roots = [i for i in nodes if not any(i in t for t in edges.values())]
     for path in _paths(edges, roots):
-        kinds = [kind(i) for i in path]
-        # every real evacuation is preceded by an approval, on success links only
-        for idx, k in enumerate(kinds):
-            if k == "evacuate":
-                assert "approval" in kinds[:idx]
         for a, b in zip(path, path[1:]):
             assert b in nodes[a].get("success_nodes", []), f"{a} -> {b} must be a success link"
     approval = next(n for n in nodes.values() if "approval_node" in n)["approval_node"]
@@ -569,10 +604,12 @@ def test_workflow_report_plan_approval_evacuate_report(config):
 
 def test_workflow_node_prompts_are_allowed_by_their_templates(config):
     templates = {jt["name"]: jt for jt in config["controller_templates"]}
+    templates.update({wf["name"]: wf for wf in config["controller_workflows"]})
     for workflow in config["controller_workflows"]:
         for node in workflow["simplified_workflow_nodes"]:
             if "unified_job_template" not in node:
                 continue
+            assert node["unified_job_template"] in templates, node["identifier"]
             jt = templates[node["unified_job_template"]]
             for prompt, ask in NODE_PROMPTS.items():
                 if prompt in node:
@@ -581,7 +618,7 @@ def test_workflow_node_prompts_are_allowed_by_their_templates(config):
 
 
 def test_workflow_asks_the_evacuation_questions(config):
-    (workflow,) = config["controller_workflows"]
+    workflow = _workflow(config, "Evacuate hypervisor with approval")
     assert workflow["survey_enabled"]
     assert workflow["survey_spec"]["spec"] == job_template(config, "Evacuate hypervisor")["survey_spec"]["spec"]
 
@@ -596,7 +633,372 @@ def test_survey_defaults_send_what_awx_sends(config):
     with pytest.raises(AssertionError, match="not a choice"):
         survey_extra_vars(jt, {"evacuate_source": "hv1", "poisoned_vm_policy": "ignore"})
     report = job_template(config, "Fleet poison report")
-    assert survey_extra_vars(report) == report["extra_vars"]
+    assert survey_extra_vars(report) == {"poison_report_phase": "scan",
+                                         "poison_report_dir": "/var/lib/kvm_ras/reports"}
+
+
+# --------------------------------------------------------------------------------------------
+# What a playbook reads: its inputs, derived from the playbook itself
+# --------------------------------------------------------------------------------------------
+
+# Keys whose string values Ansible evaluates as bare Jinja expressions.
+EXPRESSION_KEYS = ("when", "that", "failed_when", "changed_when", "until")
+# Names Ansible or Jinja provide: never inputs of a playbook.
+MAGIC_NAMES = {
+    "groups", "hostvars", "group_names", "inventory_hostname", "inventory_hostname_short",
+    "inventory_dir", "inventory_file", "play_hosts", "playbook_dir", "role_path", "role_name",
+    "omit", "item", "environment", "vars", "lookup", "query", "q", "now", "undef", "range",
+    "dict", "lipsum", "cycler", "joiner", "namespace", "true", "false", "none", "True", "False",
+    "None",
+}
+GUARD_FILTERS = ("default", "d")
+GUARD_TESTS = ("defined", "undefined")
+ROLE_INCLUDES = ("ansible.builtin.include_role", "ansible.builtin.import_role", "include_role",
+                 "import_role")
+COLLECTION = "kvm_ras.poison_guard"
+
+
+class PlaybookInputs:
+    """What a playbook takes from outside (extra vars), found by reading the playbook.
+
+    ``names``: every variable the playbook's templates read that the playbook does not set
+    itself (register, set_fact, vars, add_host host variables, loop variables), plus the
+    options of the roles it includes (their meta/argument_specs.yml entry points) and of its
+    input-validation task. ``required``: names read bare somewhere (not only through
+    ``default()`` or an ``is defined`` test), required role options, and what the validation
+    refuses to run without. ``specs``: choices / default / min / max where the playbook
+    declares them (role argument specs, the validation's rules). ``artifacts``: the keys it
+    hands to later AWX workflow nodes with set_stats.
+    """
+
+    def __init__(self):
+        self.names, self.bare, self.declared = set(), set(), set()
+        self.required, self.specs, self.artifacts = set(), {}, set()
+        self.role_specs = []          # argument specs of the role entry points it runs
+        self.validators = []          # callables(raw, forks) -> list of problems
+
+
+def _jinja_names(template, guarded_out):
+    """Variables a template loads: (all, bare) -- bare: not only under default()/is defined."""
+    import jinja2
+    from jinja2 import nodes
+
+    tree = jinja2.Environment().parse(template)
+    stored = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    loaded, bare = set(), set()
+
+    def walk(node, parent):
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name not in stored:
+            loaded.add(node.name)
+            guarded = (isinstance(parent, nodes.Filter) and parent.name in GUARD_FILTERS and parent.node is node) or (
+                isinstance(parent, nodes.Test) and parent.name in GUARD_TESTS and parent.node is node)
+            if not guarded:
+                bare.add(node.name)
+        for child in node.iter_child_nodes():
+            walk(child, node)
+
+    walk(tree, None)
+    guarded_out.update(loaded - bare)
+    return loaded, bare
+
+
+def _role_entry_spec(role, entry):
+    name = role.split(".")[-1] if role.startswith(COLLECTION + ".") else role
+    spec_file = REPO_ROOT / "roles" / name / "meta" / "argument_specs.yml"
+    assert spec_file.is_file(), f"role {role} has no meta/argument_specs.yml"
+    specs = _loader().load_from_file(str(spec_file))["argument_specs"]
+    assert entry in specs, f"role {role} has no entry point {entry!r}"
+    return _plain(specs[entry].get("options") or {})
+
+
+def _evacuation_request_validator(mapping):
+    """The rules of kvm_ras.poison_guard.evacuation_request (plugins/module_utils/evacuation.py)."""
+    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+
+    inventory = ["hv1", "hv2", "hv3"]
+    groups = {"all": inventory, evacuation.DEFAULTS["evacuate_group"]: inventory}
+    to_var = dict(mapping)  # option -> playbook variable
+    try:
+        evacuation.validate_request({}, inventory, groups)
+        problems = []
+    except evacuation.EvacuationInputError as exc:
+        problems = exc.problems
+    required = {to_var[n] for n in evacuation.INPUT_NAMES if n in to_var
+                and any(p.startswith(n + " ") for p in problems)}
+    specs = {}
+    for option in evacuation.INPUT_NAMES:
+        if option not in to_var:
+            continue
+        spec = {}
+        if option in evacuation.DEFAULTS:
+            spec["default"] = evacuation.DEFAULTS[option]
+        if option in evacuation.CHOICE_INPUTS:
+            spec["choices"] = list(evacuation.CHOICE_INPUTS[option])
+        if option in evacuation.INT_BOUNDS:
+            spec["min"], spec["max"] = evacuation.INT_BOUNDS[option]
+        specs[to_var[option]] = spec
+    from_var = {v: k for k, v in to_var.items()}
+
+    def validate(extra_vars, forks):
+        raw = {from_var[k]: v for k, v in extra_vars.items() if k in from_var}
+        try:
+            evacuation.validate_request(raw, inventory, groups, forks=forks)
+        except evacuation.EvacuationInputError as exc:
+            return exc.problems
+        return []
+
+    return required, specs, validate
+
+
+# Input-validation tasks whose rules live in Python: module -> rules(option -> variable mapping).
+INPUT_VALIDATORS = {f"{COLLECTION}.evacuation_request": _evacuation_request_validator}
+FORWARD_RE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\|\s*default\(\s*omit\s*\)\s*\}\}$")
+
+
+def playbook_inputs(playbook):
+    path = REPO_ROOT / playbook
+    plays = _loader().load_from_file(str(path))
+    found = PlaybookInputs()
+    guarded = set()
+
+    def read(value, key=None):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                read(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                read(v, key)
+        elif isinstance(value, str):
+            if key in EXPRESSION_KEYS:
+                template = "{{ (" + value + ") }}"
+            elif "{{" in value or "{%" in value:
+                template = value
+            else:
+                return
+            loaded, bare = _jinja_names(template, guarded)
+            found.names |= loaded
+            found.bare |= bare
+
+    def task_list(tasks):
+        for task in tasks or []:
+            for block_key in ("block", "rescue", "always"):
+                if block_key in task:
+                    task_list(task[block_key])
+            found.declared.update((task.get("vars") or {}).keys())
+            if "register" in task:
+                found.declared.add(task["register"])
+            loop_var = (task.get("loop_control") or {}).get("loop_var")
+            if loop_var:
+                found.declared.add(loop_var)
+            module = next((k for k in task if "." in k or k in ROLE_INCLUDES), None)
+            args = task.get(module) if module else None
+            if module in ("ansible.builtin.set_fact", "set_fact") and isinstance(args, dict):
+                found.declared.update(k for k in args if k != "cacheable")
+            if module in ("ansible.builtin.add_host", "add_host") and isinstance(args, dict):
+                found.declared.update(k for k in args if k not in ("name", "hostname", "host", "groups", "group"))
+            if module in ("ansible.builtin.set_stats", "set_stats") and isinstance(args, dict):
+                found.artifacts.update((args.get("data") or {}).keys())
+            if module in ROLE_INCLUDES and isinstance(args, dict):
+                found.role_specs.append(_role_entry_spec(args["name"], args.get("tasks_from", "main")))
+            if module in INPUT_VALIDATORS and isinstance(args, dict):
+                mapping = {}
+                for option, value in args.items():
+                    match = FORWARD_RE.match(str(value).strip())
+                    assert match, f"{playbook}: {module} option {option} is not forwarded from an extra var"
+                    mapping[option] = match.group(1)
+                required, specs, validate = INPUT_VALIDATORS[module](mapping)
+                found.required |= required
+                found.specs.update(specs)
+                found.validators.append(validate)
+            read({k: v for k, v in task.items() if k not in ("name", "register", "loop_control")})
+
+    for play in plays:
+        found.declared.update((play.get("vars") or {}).keys())
+        for role in play.get("roles") or []:
+            name = role if isinstance(role, str) else role.get("role", role.get("name"))
+            found.role_specs.append(_role_entry_spec(name, "main"))
+        for section in ("pre_tasks", "tasks", "post_tasks", "handlers"):
+            task_list(play.get(section))
+        read({k: v for k, v in play.items() if k not in ("name", "tasks", "pre_tasks", "post_tasks",
+                                                           "handlers", "roles", "vars")})
+    for options in found.role_specs:
+        for name, option in options.items():
+            found.names.add(name)
+            if option.get("required"):
+                found.required.add(name)
+            spec = {k: option[k] for k in ("choices", "default", "type") if k in option}
+            found.specs.setdefault(name, spec)
+
+    def external(name):
+        return (name not in found.declared and name not in MAGIC_NAMES
+                and not name.startswith("ansible_"))
+
+    found.names = {n for n in found.names if external(n)}
+    found.required |= {n for n in found.bare if external(n)}
+    return found
+
+
+def test_playbook_input_analysis_on_a_small_playbook(tmp_path, monkeypatch):
+    """The analysis itself: bare vs guarded reads, declared names, magic names."""
+    playbook = tmp_path / "playbooks" / "sample.yml"
+    playbook.parent.mkdir()
+    playbook.write_text(
+        "- hosts: \"{{ target_hosts | default('all') }}\"\n"
+        "  tasks:\n"
+        "    - ansible.builtin.assert:\n"
+        "        that:\n"
+        "          - wanted is defined\n"
+        "          - wanted in groups['all']\n"
+        "    - ansible.builtin.command:\n"
+        "        argv: [echo, \"{{ message | default('hi') }}\", \"{{ inventory_hostname }}\"]\n"
+        "      register: echoed\n"
+        "      when: not (skip_it | default(false))\n"
+        "    - ansible.builtin.set_fact:\n"
+        "        computed: \"{{ echoed.stdout }}\"\n"
+        "    - ansible.builtin.debug:\n"
+        "        msg: \"{{ computed }} {{ ansible_check_mode }}\"\n"
+        "    - ansible.builtin.set_stats:\n"
+        "        data: {handed_on: \"{{ computed }}\"}\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "REPO_ROOT", tmp_path)
+    found = playbook_inputs("playbooks/sample.yml")
+    assert found.names == {"target_hosts", "wanted", "message", "skip_it"}
+    assert found.required == {"wanted"}
+    assert found.artifacts == {"handed_on"}
+
+
+def _sent_variables(template):
+    survey = template["survey_spec"]["spec"] if template.get("survey_enabled") else []
+    return {q["variable"]: q for q in survey}, set((template.get("extra_vars") or {}).keys())
+
+
+def _question_answers(question, spec):
+    """Answers worth trying for a question: its default, every choice, its min and max."""
+    answers = []
+    if question.get("default") not in (None, ""):
+        answers.append(question["default"])
+    answers.extend(_choices(question))
+    for key in ("min", "max"):
+        if question["type"] == "integer" and question.get(key) is not None:
+            answers.append(question[key])
+    return answers
+
+
+@pytest.mark.parametrize("template_name", [
+    "Evacuate hypervisor", "Fleet poison report - start", "Fleet poison report",
+    "Fleet poison report - merge", "Deploy patched QEMU", "Uncordon hypervisor"])
+def test_template_variables_match_the_playbook_inputs(config, template_name):
+    """Every variable a template sends is read by its playbook; every required input is asked."""
+    check_template_against_playbook(job_template(config, template_name))
+
+
+def _drop_question(name):
+    def mutate(template):
+        template["survey_spec"]["spec"] = [q for q in template["survey_spec"]["spec"] if q["variable"] != name]
+    return mutate
+
+
+def _set_question(name, **changes):
+    def mutate(template):
+        for question in template["survey_spec"]["spec"]:
+            if question["variable"] == name:
+                question.update(changes)
+    return mutate
+
+
+@pytest.mark.parametrize("template_name, mutate, expected", [
+    ("Evacuate hypervisor", _set_question("max_parallel", variable="max_paralel"), "never reads"),
+    ("Evacuate hypervisor", _drop_question("evacuate_source"), "does not send"),
+    ("Evacuate hypervisor", _set_question("poisoned_vm_policy", choices=["leave", "reboot"]), "choices"),
+    ("Evacuate hypervisor", _set_question("migration_timeout", default=600), "default"),
+    ("Evacuate hypervisor", _set_question("max_parallel", max=64), "max_parallel"),
+    ("Evacuate hypervisor", _set_question("evacuate_source", required=False), "required"),
+    ("Deploy patched QEMU", _set_question("patched_qemu_state", choices=["present", "latest"]), "choices"),
+    ("Uncordon hypervisor", _drop_question("uncordon_host"), "does not send"),
+    ("Fleet poison report", lambda t: t["extra_vars"].update(poison_report_phaze="scan"), "never reads"),
+])
+def test_template_check_catches_mismatches(config, template_name, mutate, expected):
+    """The cross-check fails on a misspelt variable, a missing question, wrong choices..."""
+    template = copy.deepcopy(job_template(config, template_name))
+    mutate(template)
+    with pytest.raises(AssertionError, match=expected):
+        check_template_against_playbook(template)
+
+
+def check_template_against_playbook(template):
+    template_name = template["name"]
+    inputs = playbook_inputs(template["playbook"])
+    questions, fixed = _sent_variables(template)
+    sent = set(questions) | fixed
+    assert inputs.names, f"no inputs found in {template['playbook']}: the analysis is broken"
+    unread = sent - inputs.names
+    assert not unread, f"{template_name} sends {sorted(unread)}, which {template['playbook']} never reads"
+    unasked = inputs.required - sent
+    assert not unasked, f"{template['playbook']} needs {sorted(unasked)}, which {template_name} does not send"
+    for name in inputs.required & set(questions):
+        question = questions[name]
+        assert question["required"] or question.get("default") not in (None, ""), (
+            f"{name} is required by the playbook: make the question required or give it a default")
+    for name, question in questions.items():
+        spec = inputs.specs.get(name, {})
+        if "choices" in spec:
+            assert question["type"] == "multiplechoice", name
+            assert sorted(_choices(question)) == sorted(spec["choices"]), (
+                f"{name}: survey choices {_choices(question)} != playbook choices {spec['choices']}")
+        if "default" in spec and question.get("default") not in (None, ""):
+            assert question["default"] == spec["default"], (
+                f"{name}: survey default {question['default']!r} != playbook default {spec['default']!r}")
+        if question["type"] == "integer":
+            if "min" in spec:
+                assert question["min"] >= spec["min"] and question["max"] <= spec["max"], name
+        if spec.get("type") == "bool":
+            raise AssertionError(f"{name}: a survey sends text; ask bool inputs as a multiple choice of "
+                                 "'true'/'false' only if the playbook converts them")
+    # the role-based playbooks: every answer validates against the role's argument spec
+    for options in inputs.role_specs:
+        role_spec = {k: {key: v for key, v in o.items() if key in ("type", "choices", "elements")}
+                     for k, o in options.items()}
+        for name, question in questions.items():
+            if name in role_spec:
+                for answer in _question_answers(question, inputs.specs.get(name, {})):
+                    result = ArgumentSpecValidator(role_spec).validate({name: answer})
+                    assert not result.error_messages, (name, answer, result.error_messages)
+    # the validation-based playbook: every answer passes the playbook's own validation
+    for validate in inputs.validators:
+        base = survey_extra_vars(template, {n: "hv1" for n, q in questions.items()
+                                            if q["required"] and q.get("default") is None})
+        forks = template.get("forks") or 5
+        assert validate(base, forks) == [], base
+        for name, question in questions.items():
+            for answer in _question_answers(question, inputs.specs.get(name, {})):
+                assert validate(dict(base, **{name: answer}), forks) == [], (name, answer)
+
+
+def test_workflow_survey_reaches_its_playbooks(config):
+    """A workflow's survey variables go to every node: each is read by some node's playbook."""
+    templates = {jt["name"]: jt for jt in config["controller_templates"]}
+    workflows = {wf["name"]: wf for wf in config["controller_workflows"]}
+
+    def playbooks_of(workflow):
+        for node in workflow["simplified_workflow_nodes"]:
+            name = node.get("unified_job_template")
+            if name in templates:
+                yield templates[name]["playbook"]
+            elif name in workflows:
+                yield from playbooks_of(workflows[name])
+
+    for workflow in workflows.values():
+        if not workflow.get("survey_enabled"):
+            continue
+        read = set().union(*(playbook_inputs(p).names for p in set(playbooks_of(workflow))))
+        asked = {q["variable"] for q in workflow["survey_spec"]["spec"]}
+        assert asked <= read, f"{workflow['name']} asks {sorted(asked - read)}, which no node reads"
+
+
+def test_report_id_travels_as_an_artifact(config):
+    """start hands poison_report_id on (set_stats); scan and merge read it."""
+    inputs = playbook_inputs(job_template(config, "Fleet poison report - start")["playbook"])
+    assert "poison_report_id" in inputs.artifacts
+    assert "poison_report_id" in inputs.names
 
 
 # --------------------------------------------------------------------------------------------
