@@ -15,6 +15,8 @@ import textwrap
 import pytest
 
 from poison_lab_fixture import LAB_DIR, Hook, checks, poison_lab_run, register_hook, register_module_hook  # noqa: F401  pylint: disable=unused-import
+from poisonlab import harness, hostsetup
+from poisonlab.errors import LabError
 
 # --- hooks this module adds to the session's run --------------------------------------
 register_hook('victim-scan', Hook(LAB_DIR / 'hooks' / 'victim_scan', points=('after-inject', 'after-migrate')))
@@ -194,6 +196,36 @@ def test_ansiballz_payload_of_a_collection_module_is_self_contained(tmp_path):
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)['doubled'] == 42
+
+
+@pytest.mark.poison_lab
+def test_boot_without_end_marker_is_retried_once():
+    """A boot that cannot finish (a 5 s limit kills the VM) is retried once, then reported."""
+    run = harness.run_lab(['memhog-late'], timeout_s=5)
+    assert run.attempts == 2 and not run.ok
+    assert [a.verdict for a in run.attempt_log] == ['timeout', 'timeout']
+    assert run.results == {}
+
+
+@pytest.mark.poison_lab
+def test_kernel_pin_gone_from_mirror_falls_back_with_warning(tmp_path, capsys, monkeypatch):
+    """A pinned version the mirror no longer has: the current 6.1 candidate is used with a
+    warning naming its version and sha256 and how to update the pin; strict mode refuses."""
+    workdir = harness.default_workdir()
+    pinned = hostsetup.ensure_kernel(workdir)  # cached by the lab run, else downloaded now
+    assert pinned.pinned and pinned.sha256 == hostsetup.read_pin()['sha256']
+    gone = tmp_path / 'kernel.pin'
+    hostsetup.write_pin(pinned.package, '0.0.0-no-longer-on-the-mirror', pinned.sha256, gone)
+    capsys.readouterr()
+    fallback = hostsetup.ensure_kernel(workdir, pin_path=gone)
+    warning = capsys.readouterr().err
+    assert fallback.pinned is False
+    assert hostsetup.KERNEL_NAME_RE.match(fallback.package)
+    assert fallback.version in warning and fallback.sha256 in warning and 'pin --update' in warning
+    assert hostsetup.sha256_file(fallback.deb) == fallback.sha256
+    monkeypatch.setenv('POISON_LAB_STRICT_PIN', '1')
+    with pytest.raises(LabError, match='no longer on the mirror.*pin --update'):
+        hostsetup.ensure_kernel(workdir, pin_path=gone)
 
 
 # A real panic of the nested kernel (6.12 guest at -smp 2, copied from the research log

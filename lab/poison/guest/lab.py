@@ -438,9 +438,15 @@ def qemu_experiment(name, hooks, qemu, accel, mce_guest, gpa):
     result['qmp_ready_s'] = round(time.monotonic() - started, 3)
     result['pid'] = proc.pid
     result['comm'] = read_text(f'/proc/{proc.pid}/comm')
-    if mce_guest:
+    if mce_guest:  # let the BIOS stub run until CR4.MCE is set (slow under a loaded host), then stop
         result['cont'] = qmp.command('cont')
-        time.sleep(2)
+        deadline = time.monotonic() + 60
+        cr4 = None
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            cr4 = parse_cr4(qmp.hmp('info registers'))
+            if cr4 is not None and cr4 >> 6 & 1:
+                break
         result['stop'] = qmp.command('stop')
         cr4 = parse_cr4(qmp.hmp('info registers'))
         result['cr4'] = None if cr4 is None else hex(cr4)
@@ -456,7 +462,7 @@ def qemu_experiment(name, hooks, qemu, accel, mce_guest, gpa):
     log(f'{name}: QEMU pid {proc.pid} gpa {gpa:#x} hva {hva:#x} pfn {pfn:#x}, poisoning')
     result['inject'] = inject_corrupt_pfn(pfn)
     # settle: TCG QEMU dies within a few seconds; KVM QEMU reports MEMORY_FAILURE (and RESET)
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proc.poll() is None:
         if qmp.wait_event('MEMORY_FAILURE', 0.5):
             if not mce_guest:
