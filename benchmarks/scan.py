@@ -63,7 +63,7 @@ def _imports():
 def best_of(repeat, funcs):
     """Interleave the functions ``repeat`` times; best (minimum) seconds of each."""
     best = {name: float("inf") for name in funcs}
-    for _ in range(repeat):
+    for _round in range(repeat):
         for name, func in funcs.items():
             started = time.perf_counter()
             func()
@@ -72,7 +72,7 @@ def best_of(repeat, funcs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--gib", type=float, default=4.0, help="helper memory in GiB (default 4)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per method (default 5)")
     args = parser.parse_args()
@@ -145,11 +145,9 @@ def main():
         print("")
         print("scan pread / raw pread = %.2fx (goal: within 1.3x) -> %s" % (
             ratio, "met" if ratio <= 1.3 else "NOT met"))
+        default = "scan PAGEMAP_SCAN" if scan_available else "scan pread"
         print("throughput of the module's default scan on this kernel (%s): %.1f GiB of guest "
-              "RAM per second" % (results["scan PAGEMAP_SCAN"].method if scan_available
-                                   else "pread",
-                                   gib / best["scan PAGEMAP_SCAN" if scan_available
-                                              else "scan pread"]))
+              "RAM per second" % (results[default].method, gib / best[default]))
     finally:
         helper.stdin.close()
         helper.wait()

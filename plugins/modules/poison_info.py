@@ -27,7 +27,7 @@ description:
   - Read-only. Must run as root (C(become=true)) to see PFNs. Needs only the Python standard
     library; uses C(python3-libvirt) when it is installed.
 author:
-  - kvm_ras.poison_guard contributors
+  - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.info_module

@@ -72,8 +72,8 @@ PLAYBOOK = """\
 def hvlab(*args, timeout=1800):
     out = subprocess.run([str(HVLAB), *args], capture_output=True, text=True, timeout=timeout,
                          check=False)
-    assert out.returncode == 0, "lab/hvlab %s failed: %s%s" % (" ".join(args), out.stdout,
-                                                                out.stderr)
+    assert out.returncode == 0, "lab/hvlab %s failed: %s%s" % (
+        " ".join(args), out.stdout, out.stderr)
     return out.stdout
 
 

@@ -455,11 +455,11 @@ class Collector:
             vm.note("pagemap", "%d poisoned page(s) in %d mappings (%.2f GiB of address space, "
                                "%s)" % (len(result.holes), stats["mappings"], gib, result.method))
         else:
+            ram_gib = stats["guest_ram_bytes"] / float(1 << 30)
             vm.note("pagemap", "no hwpoison entry, poison marker or mapped poisoned page in %d "
                                "mappings (%.2f GiB of address space, %.2f GiB guest RAM, %s, "
-                               "%.3f s)" % (stats["mappings"], gib,
-                                           stats["guest_ram_bytes"] / float(1 << 30),
-                                           result.method, stats["seconds"]))
+                               "%.3f s)" % (stats["mappings"], gib, ram_gib, result.method,
+                                            stats["seconds"]))
         for note in result.notes:
             vm.note("pagemap", note)
         return scanner, mappings
@@ -619,8 +619,8 @@ class Collector:
         exe_path = os.path.join(self.proc, str(vm.pid), "exe")
         binary = self.inspector.inspect(exe_path)
         mg, bg, details = guard.decide(binary, vm.qemu_version, vm.accel)
-        if binary.get("version") and not vm.qemu_version:
-            vm.qemu_version = binary["version"]
+        if binary.get("version"):
+            vm.qemu_version = binary["version"]  # what runs wins over the log header
         vm.migration_guard = mg
         vm.binary_guard = bg
         label = vm.qemu_binary or exe_path

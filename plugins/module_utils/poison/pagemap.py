@@ -55,8 +55,9 @@ PAGE_IS_HUGE = 1 << 6
 _SWAP_TOP_RE = re.compile(b"[\x40-\x7f]")
 _PRESENT_TOP_RE = re.compile(b"[\x80-\xff]")
 _ONE_RE = re.compile(b"\x01")
-_HWPOISON_BYTE_RE = re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in range(256)
-                                             if b & enc.KPF_HWPOISON_BYTE_BIT) + b"]")
+_HWPOISON_BYTES = b"".join(re.escape(bytes([b])) for b in range(256)
+                           if b & enc.KPF_HWPOISON_BYTE_BIT)
+_HWPOISON_BYTE_RE = re.compile(b"[" + _HWPOISON_BYTES + b"]")
 _LITTLE = sys.byteorder == "little"
 
 
@@ -360,8 +361,8 @@ class ProcessScanner:
             raise
         if len(data) < size:
             if not data:
-                raise ProcessGone(errno.ESRCH, "process exited during the scan (pagemap read "
-                                                "returned nothing)")
+                raise ProcessGone(errno.ESRCH,
+                                  "process exited during the scan (pagemap read returned nothing)")
             raise OSError(errno.EIO, "short pagemap read: %d of %d bytes at offset %#x" % (
                 len(data), size, offset))
         return _native_to_little(data)

@@ -321,14 +321,15 @@ def guest_ram_mappings(mappings):
     """The mappings that hold QEMU guest RAM.
 
     QEMU's ``qemu_ram_mmap()`` leaves one PROT_NONE page right after each RAM block, so a RAM
-    block is a run of contiguous writable mappings (split VMAs included) of anonymous memory,
-    memfd (``/memfd:...``), hugetlbfs or a backing file, ending in a ``---p`` guard mapping.
+    block is a run of contiguous writable mappings of one backing (split VMAs included):
+    anonymous memory, memfd (``/memfd:...``), hugetlbfs or a backing file, ending in a ``---p``
+    guard mapping. A library's data segment just below an anonymous block is not part of it.
     Runs smaller than 1 MiB (thread stacks have their guard *below*) are not RAM.
     """
     ram = []
     run = []
     for index, mapping in enumerate(mappings):
-        if mapping.writable and (not run or run[-1].end == mapping.start):
+        if mapping.writable and run and _same_block(run[-1], mapping):
             run.append(mapping)
         elif mapping.writable:
             run = [mapping]
@@ -343,6 +344,13 @@ def guest_ram_mappings(mappings):
                 ram.extend(run)
             run = []
     return ram
+
+
+def _same_block(previous, mapping):
+    # One RAM block is one mmap(): the VMAs it splits into are contiguous and share the
+    # backing. A library's data segment right below an anonymous RAM block is another object.
+    return (previous.end == mapping.start and previous.inode == mapping.inode
+            and strip_deleted(previous.path) == strip_deleted(mapping.path))
 
 
 def _ram_like(mapping):
@@ -459,5 +467,5 @@ def swap_area_count(proc_root):
 
 
 def is_gone(exc):
-    return isinstance(exc, ProcessGone) or getattr(exc, "errno", None) in (errno.ESRCH,
-                                                                         errno.ENOENT)
+    return isinstance(exc, ProcessGone) or getattr(exc, "errno", None) in (
+        errno.ESRCH, errno.ENOENT)

@@ -85,8 +85,8 @@ def test_kernel_version_and_config_files(tmp_path):
     assert path.endswith("config.gz") and config["CONFIG_MEMORY_FAILURE"] == "y"
     assert config["CONFIG_DEVICE_PRIVATE"] == "n" and problems == []
     (boot / "config-6.12.95").write_text("CONFIG_MEMORY_FAILURE=y\n")
-    config, path, _ = swaptype.read_kernel_config("6.12.95", str(boot), str(proc))
-    assert path == str(boot / "config-6.12.95")
+    config, path, problems = swaptype.read_kernel_config("6.12.95", str(boot), str(proc))
+    assert path == str(boot / "config-6.12.95") and problems == []
     (proc / "config.gz").write_bytes(b"not gzip")
     config, path, problems = swaptype.read_kernel_config("other", str(boot), str(proc))
     assert config is None and path is None and "config.gz" in problems[0]

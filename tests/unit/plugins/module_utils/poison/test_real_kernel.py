@@ -28,8 +28,8 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import
 VICTIM = Path(__file__).with_name("victim.py")
 REPO = Path(__file__).resolve().parents[5]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reading other processes' PFNs and "
-                                                           "/proc/kpageflags needs root")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="reading other processes' PFNs and /proc/kpageflags needs root")
 
 
 class Victim:
