@@ -166,11 +166,14 @@ def resolve_params(params, libvirt_module=None):
 
 # --- error classification ---------------------------------------------------------------
 
-# The source QEMU went away during the migration (checked before the destination patterns:
-# "Unable to read from monitor: Connection reset by peer" is the source's own monitor).
-SOURCE_QEMU_DIED_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
+# A QEMU went away during the migration. The text does not say which one: libvirt 9.0 reports
+# "internal error: qemu unexpectedly closed the monitor" both when the source QEMU dies and
+# when the destination's incoming QEMU dies (recorded in the hypervisor lab). Whether the
+# source VM still runs decides. Checked before the destination patterns, which would match
+# "Unable to read from monitor: Connection reset by peer".
+QEMU_DIED_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
     r"unable to read from monitor",          # qemu_monitor.c
-    r"qemu unexpectedly closed the monitor",  # qemu_process.c
+    r"qemu unexpectedly closed the monitor",  # qemu_process.c / qemu_monitor.c
     r"domain is no longer running",          # qemu_domain.c / qemu_migration.c
     r"domain is not running",                # virdomainobj.c, VIR_ERR_OPERATION_INVALID
 ))
@@ -196,16 +199,18 @@ DESTINATION_PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
     r"is already active",                       # destination runs the domain already
     r"the cpu is incompatible with host cpu",   # destination cannot run the guest CPU
     r"storage pool not found",                  # copy_storage without a pool on the destination
+    r"cannot access storage file",              # a disk path missing on the destination
     r"authentication failed",                   # destination refused our credentials
 ))
 
 
-def classify_error(message, timed_out=False, phase="migrate"):
+def classify_error(message, timed_out=False, phase="migrate", source_running=None):
     """Classify a failed migration. Returns ``(error_class, explanation)``.
 
     ``message`` is libvirt's error text; ``timed_out`` is true when our deadline passed and we
     asked libvirt to abort; ``phase`` is ``connect_destination`` when the destination could not
-    even be opened, ``migrate`` otherwise.
+    even be opened, ``migrate`` otherwise; ``source_running`` says whether the VM still runs on
+    the source after the failure (None: unknown).
     """
     text = message or ""
     if UPSTREAM_REFUSAL.lower() in text.lower():
@@ -221,12 +226,19 @@ def classify_error(message, timed_out=False, phase="migrate"):
         )
     if phase == "connect_destination":
         return DESTINATION, "the destination libvirt could not be reached: %s" % text
-    for pattern in SOURCE_QEMU_DIED_PATTERNS:
+    for pattern in QEMU_DIED_PATTERNS:
         if pattern.search(text):
-            return OTHER, (
-                "the source QEMU stopped during the migration (a QEMU older than 9.0 dies with "
-                "SIGBUS when migration reads a poisoned page): %s" % text
-            )
+            if source_running:
+                return DESTINATION, (
+                    "the destination QEMU stopped during the migration (the source VM still "
+                    "runs): %s" % text
+                )
+            if source_running is False:
+                return OTHER, (
+                    "the source QEMU stopped during the migration (a QEMU older than 9.0 dies "
+                    "with SIGBUS when migration reads a poisoned page): %s" % text
+                )
+            return OTHER, "a QEMU process stopped during the migration: %s" % text
     for pattern in DESTINATION_PATTERNS:
         if pattern.search(text):
             return DESTINATION, "the destination was unreachable or refused the VM: %s" % text

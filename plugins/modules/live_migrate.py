@@ -444,12 +444,14 @@ class LiveMigration:
         self.result.update(extra)
         self.module.fail_json(msg=msg, **self.result)
 
-    def fail_classified(self, message, timed_out=False, phase="migrate", prefix=""):
-        error_class, explanation = classify_error(message, timed_out=timed_out, phase=phase)
+    def fail_classified(self, message, timed_out=False, phase="migrate"):
+        source_running = _active(self.result["placement"]["source"])
+        error_class, explanation = classify_error(message, timed_out=timed_out, phase=phase,
+                                                  source_running=source_running)
         self.result["failure"] = {"class": error_class, "message": message, "explanation": explanation}
         where = self.result["running_on"]
-        text = "%slive migration of %r to %s failed (%s): %s; the VM runs on: %s" % (
-            prefix, self.name, self.dest_uri, error_class, message, where)
+        text = "live migration of %r to %s failed (%s): %s; the VM runs on: %s" % (
+            self.name, self.dest_uri, error_class, message, where)
         if where in CRITICAL_PLACEMENTS:
             text = "CRITICAL: VM %r is running on %s after a failed migration. %s" % (
                 self.name, "BOTH hypervisors" if where == "both" else "NEITHER hypervisor", text)

@@ -27,14 +27,14 @@ POISON_RESULT = {
     "vms": [
         {"name": "web01", "uuid": "8f1e0d3c-3a4b-4c5d-9e6f-0a1b2c3d4e5f", "pid": 4242, "status": "clean",
          "poisoned_pages": [], "evidence": [], "migration_guard": True, "reasons": []},
-        {"name": "db 02 $(touch /tmp/pwned)", "uuid": None, "pid": 4343, "status": "poisoned",
+        {"name": "db 02 $(touch .pwned)", "uuid": None, "pid": 4343, "status": "poisoned",
          "poisoned_pages": [{"hva": "0x7f3a2c5f1000", "pfn": "0x1ea8ba", "gpa": None, "source": "pagemap"}],
          "evidence": [{"source": "pagemap", "detail": "hwpoison swap entry at hva 0x7f3a2c5f1000, pfn 0x1ea8ba"}],
          "migration_guard": False, "reasons": []},
         {"name": "cache03", "uuid": None, "pid": 4444, "status": "unknown", "poisoned_pages": [],
          "evidence": [], "migration_guard": None, "reasons": ["/proc/4444/pagemap: permission denied"]},
     ],
-    "poisoned_vms": ["db 02 $(touch /tmp/pwned)"],
+    "poisoned_vms": ["db 02 $(touch .pwned)"],
     "unknown_vms": ["cache03"],
     "clean_vms": ["web01"],
 }
@@ -75,18 +75,18 @@ def test_argument_spec_comes_from_the_documented_options_and_matches_the_decisio
 
 
 def test_gathers_poison_info_on_the_host_with_the_vms_option_and_fails_on_poisoned():
-    action, calls = make_action({"vms": ["web01", "db 02 $(touch /tmp/pwned)"]})
+    action, calls = make_action({"vms": ["web01", "db 02 $(touch .pwned)"]})
     result = action.run(task_vars={})
     assert calls == [{"module_name": "kvm_ras.poison_guard.poison_info",
-                      "module_args": {"vms": ["web01", "db 02 $(touch /tmp/pwned)"]}, "kwargs": {}}]
+                      "module_args": {"vms": ["web01", "db 02 $(touch .pwned)"]}, "kwargs": {}}]
     assert result["failed"] is True
     assert result["changed"] is False
     assert result["allowed"] == ["web01"]
     assert result["blocked"] == [{
-        "name": "db 02 $(touch /tmp/pwned)", "status": "poisoned", "reason": UPSTREAM_REFUSAL,
+        "name": "db 02 $(touch .pwned)", "status": "poisoned", "reason": UPSTREAM_REFUSAL,
         "evidence": POISON_RESULT["vms"][1]["evidence"]}]
-    assert result["unguarded"] == ["db 02 $(touch /tmp/pwned)"]
-    assert result["msg"] == ("live_migration blocked for 1 VM(s): 'db 02 $(touch /tmp/pwned)' (poisoned): "
+    assert result["unguarded"] == ["db 02 $(touch .pwned)"]
+    assert result["msg"] == ("live_migration blocked for 1 VM(s): 'db 02 $(touch .pwned)' (poisoned): "
                              + UPSTREAM_REFUSAL)
     assert result["poison_info_gathered"] is True
     assert result["poison_info"]["vms"] == POISON_RESULT["vms"]
@@ -98,7 +98,7 @@ def test_without_vms_the_module_is_called_without_vms_and_every_vm_is_decided():
     assert calls[0]["module_args"] == {}
     assert result.get("failed") is False
     assert result["allowed"] == ["web01"]
-    assert [b["name"] for b in result["blocked"]] == ["db 02 $(touch /tmp/pwned)", "cache03"]
+    assert [b["name"] for b in result["blocked"]] == ["db 02 $(touch .pwned)", "cache03"]
     assert result["msg"].startswith("live_migration allowed for 1 VM(s), skipped 2 blocked VM(s): ")
     assert "'cache03' (unknown)" in result["msg"]
     assert {"source": "poison_info", "detail": "/proc/4444/pagemap: permission denied"} in result["blocked"][1]["evidence"]
@@ -109,7 +109,7 @@ def test_fail_message_lists_every_blocked_vm():
     result = action.run(task_vars={})
     assert result["failed"] is True
     assert result["msg"] == (
-        "save blocked for 2 VM(s): 'db 02 $(touch /tmp/pwned)' (poisoned): " + UPSTREAM_REFUSAL
+        "save blocked for 2 VM(s): 'db 02 $(touch .pwned)' (poisoned): " + UPSTREAM_REFUSAL
         + "; 'cache03' (unknown): poison status unknown: its guest memory could not be fully inspected")
 
 

@@ -171,10 +171,10 @@ def test_skip_message_names_skipped_vms_and_does_not_fail():
 
 def test_vms_match_by_uuid_and_report_the_name():
     uuid = "0f8fad5b-d9cb-469f-a165-70867728950e"
-    result = {"vms": [{"name": "web 01 $(touch /tmp/pwned)", "uuid": uuid, "status": "clean",
+    result = {"vms": [{"name": "web 01 $(touch .pwned)", "uuid": uuid, "status": "clean",
                        "migration_guard": True}]}
     out = gate.evaluate(result, [uuid.upper()])
-    assert out["allowed"] == ["web 01 $(touch /tmp/pwned)"]
+    assert out["allowed"] == ["web 01 $(touch .pwned)"]
     assert out["unguarded"] == []
 
 

@@ -30,29 +30,37 @@ CLASSIFIED = [
      "poisoned memory, please reboot the vm and try again", "poisoned"),
     # The same refusal as virsh prints it ("error: " prefix from tools/virsh.c).
     ("error: internal error: unable to execute QEMU command 'migrate': " + UPSTREAM_REFUSAL, "poisoned"),
-    # src/rpc/virnetsocket.c virNetSocketNewConnectTCP: "unable to connect to server at '%s:%s'"
-    # + strerror(ECONNREFUSED): destination libvirtd down.
-    ("unable to connect to server at 'hv2:16509': Connection refused", "destination"),
-    # src/qemu/qemu_migration.c qemuMigrationSrcPerformPeer2Peer (VIR_ERR_OPERATION_FAILED):
-    # "Failed to connect to remote libvirt URI %s: %s" with the connect error appended.
+    # Recorded in the hypervisor lab (libvirt 9.0.0, Debian 12), destination libvirtd stopped,
+    # with and without peer-to-peer: src/rpc/virnetsocket.c virNetSocketNewConnectTCP
+    # "unable to connect to server at '%s:%s'" + strerror(ECONNREFUSED).
+    ("unable to connect to server at 'migrate-hv1:16509': Connection refused", "destination"),
+    # Older libvirt (qemu_migration.c qemuMigrationSrcPerformPeer2Peer, VIR_ERR_OPERATION_FAILED)
+    # put "Failed to connect to remote libvirt URI %s" in front of the connect error.
     ("operation failed: Failed to connect to remote libvirt URI qemu+tcp://hv2/system: unable to "
      "connect to server at 'hv2:16509': Connection refused", "destination"),
-    # src/rpc/virnetsocket.c virNetSocketNewConnectTCP: getaddrinfo failure (VIR_ERR_SYSTEM_ERROR).
-    ("Unable to resolve address 'hv9' service '16509': Name or service not known", "destination"),
-    # src/rpc/virnetsocket.c virNetSocketReadWire: "Cannot recv data" + strerror(ECONNRESET),
-    # e.g. destination libvirtd killed while the client talks to it.
-    ("Cannot recv data: Connection reset by peer", "destination"),
-    # The same with an ssh transport's stderr ("Cannot recv data: %s" with errout).
-    ("Cannot recv data: ssh: connect to host hv2 port 22: Connection refused: Connection reset by peer",
+    # Recorded in the hypervisor lab (libvirt 9.0.0), unknown destination host:
+    # src/rpc/virnetsocket.c virNetSocketNewConnectTCP getaddrinfo failure (VIR_ERR_SYSTEM_ERROR).
+    ("Unable to resolve address 'no-such-host' service '16509': Temporary failure in name resolution",
      "destination"),
+    ("Unable to resolve address 'hv9' service '16509': Name or service not known", "destination"),
+    # Recorded in the hypervisor lab (libvirt 9.0.0), qemu+ssh to a host that refuses the key:
+    # src/rpc/virnetsocket.c virNetSocketReadWire "Cannot recv data: %s" with the ssh stderr and
+    # strerror(ECONNRESET).
+    ("Cannot recv data: root@migrate-hv1: Permission denied (publickey).: Connection reset by peer",
+     "destination"),
+    ("Cannot recv data: Connection reset by peer", "destination"),
+    # Recorded in the hypervisor lab (libvirt 9.0.0): destination libvirtd killed (SIGKILL) in the
+    # middle of a peer-to-peer migration. src/rpc/virnetclient.c (VIR_ERR_INTERNAL_ERROR).
+    ("internal error: client socket is closed", "destination"),
+    # Recorded in the hypervisor lab (libvirt 9.0.0): the guest's disk path does not exist on
+    # the destination (src/storage_file/storage_source.c, virReportSystemError ENOENT).
+    ("Cannot access storage file '/var/lib/libvirt/images/d2.img': No such file or directory", "destination"),
     # src/rpc/virnetsocket.c virNetSocketReadWire: EOF -> virReportSystemError(EIO, ...).
     ("End of file while reading data: Input/output error", "destination"),
     # src/qemu/qemu_migration.c (VIR_ERR_OPERATION_FAILED), keepalive to destination lost.
     ("operation failed: Lost connection to destination host", "destination"),
     # src/rpc/virnetsocket.c virNetSocketWriteWire: "Cannot write data" + strerror(EPIPE).
     ("Cannot write data: Broken pipe", "destination"),
-    # src/rpc/virnetclient.c (VIR_ERR_INTERNAL_ERROR).
-    ("internal error: client socket is closed", "destination"),
     # Destination storage: recorded in the hypervisor lab with --copy-storage-all and no pool
     # (research/lab-feasibility.md §6), VIR_ERR_NO_STORAGE_POOL "Storage pool not found: %s".
     ("Storage pool not found: no storage pool with matching target path '/var/lib/libvirt/images'",
@@ -61,9 +69,12 @@ CLASSIFIED = [
     # VIR_ERR_CPU_INCOMPATIBLE "the CPU is incompatible with host CPU: %s".
     ("the CPU is incompatible with host CPU: Host CPU does not provide required features: svm",
      "destination"),
-    # src/qemu/qemu_migration.c qemuMigrationJobCheckStatus, VIR_DOMAIN_JOB_STATUS_CANCELED:
-    # "%s: %s", qemuMigrationJobName() "migration out job", "canceled by client"
-    # (VIR_ERR_OPERATION_ABORTED). Without our timeout someone else aborted the job: other.
+    # Recorded in the hypervisor lab (libvirt 9.0.0) after virsh domjobabort: qemu_migration.c
+    # qemuMigrationJobCheckStatus (VIR_ERR_OPERATION_ABORTED "operation aborted: %s",
+    # "job '%s' canceled by client" with the job name "migration out"). Without our timeout
+    # someone else aborted the job: other.
+    ("operation aborted: job 'migration out' canceled by client", "other"),
+    # The wording of libvirt before 9.0 (qemuMigrationJobName() "migration out job", "%s: %s").
     ("operation aborted: migration out job: canceled by client", "other"),
     # Recorded in the hypervisor lab: writable disk on non-shared storage without unsafe
     # (research/lab-feasibility.md §6), VIR_ERR_MIGRATE_UNSAFE "Unsafe migration: %s".
@@ -76,12 +87,6 @@ CLASSIFIED = [
     # libvirt job lock, not our deadline.
     ("Timed out during operation: cannot acquire state change lock (held by "
      "monitor=remoteDispatchDomainMigratePerform3Params)", "other"),
-    # src/qemu/qemu_monitor.c: the source QEMU died (how QEMU < 9.0 ends on a poisoned page,
-    # research/poison-detection-facts.md §5). Checked before the destination patterns although
-    # it contains "Connection reset by peer".
-    ("Unable to read from monitor: Connection reset by peer", "other"),
-    # src/qemu/qemu_domain.c qemuDomainObjEnterMonitorInternal (VIR_ERR_OPERATION_FAILED).
-    ("operation failed: domain is no longer running", "other"),
     # src/qemu/qemu_migration.c qemuMigrationJobCheckStatus, VIR_DOMAIN_JOB_STATUS_FAILED
     # without a QEMU error description.
     ("operation failed: migration out job: unexpectedly failed", "other"),
@@ -97,7 +102,7 @@ def test_classify_real_libvirt_messages(message, expected):
 
 def test_abort_after_our_deadline_is_a_timeout():
     error_class, explanation = migration.classify_error(
-        "operation aborted: migration out job: canceled by client", timed_out=True)
+        "operation aborted: job 'migration out' canceled by client", timed_out=True)
     assert error_class == "timeout"
     assert "keeps running on the source" in explanation
 
@@ -114,8 +119,35 @@ def test_failure_to_open_the_destination_is_destination_whatever_the_text():
                                     phase="connect_destination")[0] == "destination"
 
 
-def test_source_qemu_death_explains_the_old_qemu_crash():
-    assert "9.0" in migration.classify_error("Unable to read from monitor: Connection reset by peer")[1]
+# A QEMU died. "internal error: qemu unexpectedly closed the monitor" was recorded in the
+# hypervisor lab (libvirt 9.0.0) when the destination's incoming QEMU was killed mid-migration;
+# libvirt reports the same text when the source QEMU dies (qemu_monitor.c, qemu_process.c),
+# e.g. a QEMU older than 9.0 reading a poisoned page (research/poison-detection-facts.md §5).
+QEMU_DIED = [
+    "internal error: qemu unexpectedly closed the monitor",
+    "Unable to read from monitor: Connection reset by peer",
+    "operation failed: domain is no longer running",
+    "Requested operation is not valid: domain is not running",
+]
+
+
+@pytest.mark.parametrize("message", QEMU_DIED)
+def test_qemu_death_is_the_destination_while_the_source_vm_runs(message):
+    error_class, explanation = migration.classify_error(message, source_running=True)
+    assert error_class == "destination"
+    assert "destination QEMU stopped" in explanation
+
+
+@pytest.mark.parametrize("message", QEMU_DIED)
+def test_qemu_death_with_the_source_vm_gone_explains_the_old_qemu_crash(message):
+    error_class, explanation = migration.classify_error(message, source_running=False)
+    assert error_class == "other"
+    assert "source QEMU stopped" in explanation and "9.0" in explanation
+
+
+@pytest.mark.parametrize("message", QEMU_DIED)
+def test_qemu_death_with_unknown_source_is_other(message):
+    assert migration.classify_error(message)[0] == "other"
 
 
 def test_empty_message_is_other():
@@ -312,8 +344,8 @@ def test_supervise_aborts_at_the_deadline_and_reports_the_libvirt_error():
 
     def start():
         aborted.wait(5)
-        # what libvirt raises after virDomainAbortJob (qemu_migration.c, see CLASSIFIED)
-        raise Canceled("operation aborted: migration out job: canceled by client")
+        # what libvirt 9.0 raises after virDomainAbortJob (recorded in the lab, see CLASSIFIED)
+        raise Canceled("operation aborted: job 'migration out' canceled by client")
 
     def poll():
         clock.tick()

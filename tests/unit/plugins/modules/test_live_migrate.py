@@ -6,7 +6,8 @@ openReadOnly, virConnect.lookupByName/listAllDomains/getCapabilities, virDomain.
 migrateToURI3, migrate3, jobStats, abortJob, migrateSetMaxDowntime, migrateStartPostCopy,
 libvirtError.get_error_code) and libvirt's behaviour after a migration: with UNDEFINE_SOURCE the
 source forgets the domain, with PERSIST_DEST the destination keeps a definition, an aborted job
-raises "operation aborted: migration out job: canceled by client" (qemu_migration.c), a
+raises "operation aborted: job 'migration out' canceled by client" (libvirt 9.0, recorded in the
+hypervisor lab), a
 poisoned VM's migrate fails with QEMU's refusal wrapped as libvirt 9.0 wraps it. Real libvirt
 and QEMU are exercised by molecule/migrate.
 """
@@ -107,10 +108,12 @@ class FakeDomain:
         if behaviour in ("hang", "postcopy"):
             self.world.abort_event.wait(10)
             if behaviour == "hang":
-                raise FakeLibvirtError("operation aborted: migration out job: canceled by client")
+                raise FakeLibvirtError("operation aborted: job 'migration out' canceled by client")
         if behaviour == "lost":
             self.host.domains.pop(self.name_)
-            raise FakeLibvirtError("Unable to read from monitor: Connection reset by peer")
+            raise FakeLibvirtError("internal error: qemu unexpectedly closed the monitor")
+        if behaviour == "dest_qemu_died":
+            raise FakeLibvirtError("internal error: qemu unexpectedly closed the monitor")
         if behaviour == "split":
             dest.domains[self.name_] = {"active": True}
             raise FakeLibvirtError("operation failed: Lost connection to destination host")
@@ -186,7 +189,7 @@ class Exit(Exception):
 
 
 SRC, DST = "qemu:///system", "qemu+tcp://hv2/system"
-NAME = "web 01 $(touch /tmp/pwned)"
+NAME = "web 01 $(touch .pwned)"
 
 
 @pytest.fixture
@@ -284,7 +287,7 @@ def test_timeout_aborts_the_job_and_the_vm_stays_on_the_source(world):
     assert ("abortJob",) in world.calls
     assert out.result["aborted"] is True
     assert out.result["failure"]["class"] == "timeout"
-    assert out.result["failure"]["message"] == "operation aborted: migration out job: canceled by client"
+    assert out.result["failure"]["message"] == "operation aborted: job 'migration out' canceled by client"
     assert out.result["running_on"] == "source"
     assert out.result["progress"], "job statistics were polled while the migration ran"
 
@@ -314,6 +317,15 @@ def test_destination_refusing_mid_migration_is_classified(world):
     out = run({})
     assert out.result["failure"]["class"] == "destination"
     assert out.result["running_on"] == "source"
+
+
+def test_destination_qemu_dying_is_destination_while_the_vm_runs_on_the_source(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "dest_qemu_died"
+    out = run({})
+    assert out.result["failure"]["class"] == "destination"
+    assert out.result["running_on"] == "source"
+    assert out.result["critical"] is False
 
 
 def test_vm_lost_during_migration_is_critical(world):
