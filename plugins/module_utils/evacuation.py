@@ -507,12 +507,14 @@ def target_capacity(name, facts, request):
     cpus = int(facts.get("cpus") or 0)
     running_vcpus = int(facts.get("running_vcpus") or 0)
     free = int(facts.get("memory_free_mib") or 0) - int(request["memory_reserve_mib"])
+    vcpu_capacity = int(math.floor(cpus * float(request["cpu_allocation_ratio"])))
     entry.update({
         "cpus": cpus,
         "running_vcpus": running_vcpus,
         "running_count": facts.get("running_count"),
         "memory_free_mib": max(free, 0),
-        "vcpu_free": max(int(math.floor(cpus * float(request["cpu_allocation_ratio"]))) - running_vcpus, 0),
+        "vcpu_free": max(vcpu_capacity - running_vcpus, 0),
+        "vcpu_capacity": vcpu_capacity,
     })
     if entry["cordoned"]:
         entry["reason"] = "cordoned since %s (%s): uncordon it first to use it as a target" % (
@@ -559,13 +561,18 @@ def place(vms, capacities, cold_disk_check=None):
     for cold migration, disks. ``capacities``: target_capacity entries (in target order).
     ``cold_disk_check(vm, target_name)`` -> (ok, reason) for cold migrations.
 
-    Largest memory first; each goes to the usable target with the most free memory left
-    that fits its memory and vCPUs (spreads the load; ties keep the target order).
+    Largest memory first; each goes to the usable target that fits its memory and vCPUs and
+    keeps the most headroom afterwards: the larger of the two is the smaller of the free
+    shares of memory (of what the target had free) and of vCPUs (of its vCPU capacity), so
+    the load spreads on whichever resource is scarce. Ties: more free memory, more free
+    vCPUs, then the target order.
     Returns {vm name: (target or None, reason or None)} and updates the capacities'
     ``memory_free_mib``/``vcpu_free`` and ``assigned``.
     """
     for cap in capacities:
         cap.setdefault("assigned", [])
+        if cap.get("usable"):
+            cap.setdefault("memory_start_mib", cap["memory_free_mib"])
     result = {}
     order = sorted((vm for vm in vms if vm.get("action") in MOVING_ACTIONS),
                    key=lambda vm: (-(vm.get("memory_mib") or 0), -(vm.get("vcpus") or 0), vm["name"]))
@@ -586,7 +593,10 @@ def place(vms, capacities, cold_disk_check=None):
                 if not ok:
                     refusals.append("%s: %s" % (cap["name"], why))
                     continue
-            key = (cap["memory_free_mib"] - need_mem, cap["vcpu_free"] - need_cpu, -index)
+            mem_left, cpu_left = cap["memory_free_mib"] - need_mem, cap["vcpu_free"] - need_cpu
+            share = min(float(mem_left) / max(cap.setdefault("memory_start_mib", cap["memory_free_mib"]), 1),
+                        float(cpu_left) / max(cap.get("vcpu_capacity") or cap["vcpu_free"], 1))
+            key = (round(share, 6), mem_left, cpu_left, -index)
             if best is None or key > best[0]:
                 best = (key, cap)
         if best is None:

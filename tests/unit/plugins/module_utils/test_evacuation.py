@@ -581,3 +581,24 @@ def test_misspelt_extra_vars_are_caught_but_unrelated_ones_pass():
         "extra var 'max_paralel' is not an input of evacuate_host: did you mean 'max_parallel'?",
         "extra var 'poisoned_vm_polcy' is not an input of evacuate_host: did you mean 'poisoned_vm_policy'?",
     ]
+
+
+def test_place_balances_on_the_scarce_resource():
+    # The lab: every container sees the machine's ~20 GiB free (slightly different numbers),
+    # 2 CPUs x 4.0 = 8 vCPUs each: vCPUs are scarce, so seven 1-vCPU guests alternate.
+    req = request()
+    caps = [ev.target_capacity("hv2", capacity(free=20640 + 512), req),
+            ev.target_capacity("hv3", capacity(free=21056 + 512), req)]
+    vms = [dict(domain("g%d" % i), action=ev.ACTION_LIVE) for i in range(7)]
+    result = ev.place(vms, caps)
+    per_target = sorted(sum(1 for t, _ in result.values() if t == name) for name in ("hv2", "hv3"))
+    assert per_target == [3, 4]
+    assert (caps[0]["vcpu_free"], caps[1]["vcpu_free"]) in ((4, 5), (5, 4))
+
+
+def test_a_failed_capacity_read_is_not_an_answer_even_when_ignored():
+    # with ignore_errors the registered result keeps failed=true; libvirt_ok=false says the same
+    assert ev.answered(capacity()) is True
+    assert ev.answered(dict(capacity(), libvirt_ok=False)) is False
+    assert ev.answered({"failed": True, "msg": "x", "qemu_processes": []}) is False
+    assert ev.answered({"changed": False}) is False
