@@ -1,0 +1,139 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The patched QEMU against REAL hardware poison (the poison lab, lab/poison).
+
+The package comes from the patched_qemu role's own build entry point, run with
+ansible-playbook on this machine as the builder (the poison lab copies the host's libraries
+into the nested VM, so the binary must be built for the host's QEMU source version). In
+`make test` it is a cache hit: the Molecule scenario built it into the same controller cache
+(.cache/patched_qemu, or $KVM_RAS_PATCHED_QEMU_CACHE); run alone, this test builds it once
+(several minutes). The binary from that .deb is then the inner QEMU of the nested VM, where a
+page of its guest RAM is poisoned for real (hwpoison_inject corrupt-pfn) while the guest has
+machine checks enabled:
+
+- stock Debian QEMU 7.2 (the session's default run): ``migrate`` kills QEMU with SIGBUS;
+- the patched QEMU: ``migrate`` is refused with the upstream message and the VM keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
+from poison_lab_fixture import checks, get_run
+
+pytestmark = [pytest.mark.poison_lab, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("KVM_RAS_PATCHED_QEMU_CACHE") or REPO / ".cache" / "patched_qemu")
+EXPERIMENT = "qemu-kvm-mce"  # inner QEMU under nested KVM, guest with CR4.MCE, page still mapped
+SIGBUS = 7
+
+
+def _host_source_version() -> str:
+    proc = subprocess.run(["dpkg-query", "--show", "--showformat=${source:Version}", "qemu-system-x86"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        # the poison lab installs qemu-system-x86 on this machine; let it do so first
+        sys.path.insert(0, str(REPO / "lab" / "poison"))
+        from poisonlab import hostsetup  # pylint: disable=import-outside-toplevel
+
+        hostsetup.ensure_packages(install=True)
+        proc = subprocess.run(["dpkg-query", "--show", "--showformat=${source:Version}", "qemu-system-x86"],
+                              capture_output=True, text=True, check=True)
+    return proc.stdout.strip()
+
+
+def _obtain_package(workdir: Path, source_version: str) -> dict:
+    """The role's build entry point on localhost; returns its patched_qemu_packages record."""
+    playbook = workdir / "build.yml"
+    out = workdir / "packages.json"
+    playbook.write_text(textwrap.dedent(f"""\
+        - name: Obtain the patched QEMU package for this machine
+          hosts: localhost
+          gather_facts: false
+          tasks:
+            - name: Build or reuse
+              ansible.builtin.include_role:
+                name: kvm_ras.poison_guard.patched_qemu
+                tasks_from: build
+              vars:
+                patched_qemu_builder: localhost
+                patched_qemu_build_source_versions: [{json.dumps(source_version)}]
+                patched_qemu_controller_cache_dir: {json.dumps(str(CACHE))}
+            - name: Write the package record
+              ansible.builtin.copy:
+                content: "{{{{ patched_qemu_packages | to_json }}}}"
+                dest: {json.dumps(str(out))}
+                mode: "0644"
+        """))
+    inventory = workdir / "inventory.ini"
+    inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n")
+    ansible_playbook = Path(sys.executable).with_name("ansible-playbook")
+    proc = subprocess.run([str(ansible_playbook), "-i", str(inventory), str(playbook)],
+                          capture_output=True, text=True, check=False, cwd=str(REPO), timeout=5400)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())[source_version]
+
+
+@pytest.fixture(scope="session")
+def patched_binary(tmp_path_factory) -> dict:
+    if os.geteuid() != 0:
+        pytest.skip("building and booting the poison lab needs root")
+    workdir = tmp_path_factory.mktemp("patched-qemu")
+    source_version = _host_source_version()
+    package = _obtain_package(workdir, source_version)
+    root = workdir / "root"
+    subprocess.run(["dpkg-deb", "--extract", package["path"], str(root)], check=True)
+    binary = root / "usr" / "bin" / "qemu-system-x86_64"
+    assert binary.is_file()
+    return {"binary": binary, "package": package, "source_version": source_version}
+
+
+@pytest.fixture(scope="session")
+def patched_run(patched_binary):
+    run = get_run(qemu_binary=patched_binary["binary"])
+    print(f"\npoison lab (patched inner QEMU {patched_binary['package']['package_version']}, "
+          f"from {patched_binary['package']['obtained_from']}): verdict {run.verdict}, "
+          f"attempts {run.attempts}, {run.duration_s:.0f} s, log {run.log_path}")
+    return run
+
+
+def test_patched_binary_comes_from_the_role_package(patched_binary):
+    package = patched_binary["package"]
+    assert package["package_version"] == patched_binary["source_version"] + "+poisonguard1"
+    assert UPSTREAM_REFUSAL.encode() in patched_binary["binary"].read_bytes()
+
+
+def test_patched_run_used_the_patched_inner_qemu(patched_run, patched_binary):
+    assert patched_run.ok, patched_run.summary()
+    assert patched_run.inner_qemu == str(patched_binary["binary"])
+
+
+def test_real_poison_migration_refused_and_vm_keeps_running(patched_run):
+    result = patched_run.results[EXPERIMENT]
+    # real hwpoison: the inner QEMU's guest page is a hwpoison swap entry, still mapped
+    items = {c.id: c for c in checks.evaluate(patched_run.results, [EXPERIMENT], migration_guard=True)[EXPERIMENT]}
+    failed = [str(c) for c in items.values() if not c.ok]
+    assert not failed, failed
+    assert items["hwpoison-pagemap-entry"].ok and items["migration-refused"].ok
+    reply = result["migrate"]["reply"]
+    assert reply["error"]["class"] == "GenericError"
+    assert reply["error"]["desc"] == UPSTREAM_REFUSAL
+    victim = result["migrate"]["victim"]
+    assert victim["alive"] and victim.get("signal") is None, victim
+    # still answering QMP after the refusal, and not migrating
+    assert result["migrate"]["status"]["status"] in ("running", "paused"), result["migrate"]["status"]
+
+
+def test_stock_qemu_was_killed_by_sigbus_in_the_same_experiment(poison_lab_run):
+    """The contrast, from the session's stock run: same experiment, QEMU 7.2 dies."""
+    result = poison_lab_run.results[EXPERIMENT]
+    assert result["migrate"]["reply"].get("return") == {}, result["migrate"]["reply"]
+    assert result["migrate"]["victim"].get("signal") == SIGBUS, result["migrate"]["victim"]
