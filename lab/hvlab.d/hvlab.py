@@ -512,6 +512,13 @@ def stop_dockerd() -> list[str]:
                 wait_gone(helper, 15)
         notes.append(f"stopped dockerd (pid {pid})")
     before = record.get("host_before") or {}
+    remaining = processes_named("dockerd")
+    if remaining:
+        # Another dockerd (not ours) runs now and relies on the state dockerd set up.
+        notes.append(f"firewall and docker0 left as they are: another dockerd runs (pid "
+                     f"{', '.join(map(str, remaining))})")
+        DOCKERD_RECORD.unlink(missing_ok=True)
+        return notes
     policy = before.get("forward_policy")
     if policy and forward_policy() not in (policy, None):
         run([which("iptables") or "iptables", "-w", "-P", "FORWARD", policy])
