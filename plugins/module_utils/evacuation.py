@@ -1135,8 +1135,8 @@ def render_report(report):
     """The human-readable report: header, the VM table, the verdict."""
     run = report["run"]
     lines = ["Evacuation report: %s" % report["source"],
-             "run %s, %s -> %s, controller %s" % (run.get("run_id"), run.get("started_at"), run.get("finished_at"),
-                                                 run.get("controller")),
+             "run %s, %s -> %s, controller %s" % (
+                 run.get("run_id"), run.get("started_at"), run.get("finished_at"), run.get("controller")),
              ""]
     rows = []
     for vm in report["vms"]:

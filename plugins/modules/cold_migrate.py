@@ -22,7 +22,7 @@ description:
     the VM is started again on the source.
   - Idempotent. A VM that runs on the destination and not on the source is left alone.
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 requirements:
   - libvirt-python on the source hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:
@@ -112,9 +112,16 @@ duration_seconds:
   type: float
   sample: 14.2
 failure:
-  description: Why it failed (null on success); RV(failure.class) is V(shutdown), V(destination) or V(other).
+  description: Why it failed; null on success.
   returned: always
   type: dict
+  contains:
+    class:
+      description: V(shutdown), V(destination) or V(other).
+      type: str
+    message:
+      description: The error message, unchanged.
+      type: str
   sample: {class: destination, message: "Cannot access storage file '/var/lib/libvirt/images/db01.qcow2'"}
 """
 

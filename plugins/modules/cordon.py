@@ -20,7 +20,7 @@ description:
     lives under C(/var/lib) so the cordon survives the reboot of a DIMM replacement; it ends
     only with V(uncordoned).
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE

@@ -21,7 +21,7 @@ description:
     stale. It is broken when O(break_lock=true), or automatically when it is older than
     O(stale_after) seconds (off by default, because an evacuation may legitimately run for hours).
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE

@@ -30,7 +30,7 @@ description:
   - Returns the plan and its table (RV(lines)). Fails, before anything changes, when VMs should
     move but no target is usable.
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.DECISION_ACTION

@@ -34,7 +34,7 @@ description:
   - The report files are the run's record, not a change to any managed host, so the task
     reports C(changed=false).
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.DECISION_ACTION

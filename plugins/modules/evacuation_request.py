@@ -26,7 +26,7 @@ description:
     because the input would silently keep its default.
   - Values may be given as YAML types or as the strings C(-e name=value) produces.
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.DECISION_ACTION
@@ -87,7 +87,9 @@ options:
     description: V(none) (default, shared storage), V(all) or V(inc), passed to live migration.
     type: raw
   migration_uri_template:
-    description: libvirt URI of a target, with C({address}) and C({host}). Default V(qemu+tcp://{address}/system). A target's C(kvm_ras_migration_uri) host variable wins.
+    description:
+      - libvirt URI of a target, with C({address}) and C({host}). Default V(qemu+tcp://{address}/system).
+      - A target's C(kvm_ras_migration_uri) host variable wins.
     type: raw
   cold_migrate_shutdown_timeout:
     description: Seconds a guest gets to shut down for a cold migration. Default V(120).

@@ -21,7 +21,7 @@ description:
     guest it is a hard reset, like V(reset).
   - None of these reads guest RAM, so they are safe for a VM with poisoned memory.
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 requirements:
   - libvirt-python on the hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:

@@ -25,7 +25,7 @@ description:
     run on the host (RV(qemu_processes)), so a caller can tell where a VM runs even when the
     host's libvirtd is down.
 author:
-  - kvm_ras maintainers
+  - kvm_ras maintainers (@kvm-ras)
 requirements:
   - libvirt-python on the hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:

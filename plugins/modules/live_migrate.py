@@ -168,18 +168,22 @@ EXAMPLES = r"""
         timeout: 300
       loop: "{{ gate.allowed }}"
 
-- name: Migrate over ssh, copying local disks, with a short downtime limit
-  kvm_ras.poison_guard.live_migrate:
-    name: web 01
-    dest_uri: qemu+ssh://root@hv3/system
-    copy_storage: all
-    max_downtime: 100
-    auto_converge: true
-  register: move
+- name: Migrate one VM over ssh, copying local disks, with a short downtime limit
+  hosts: hv1
+  become: true
+  tasks:
+    - name: Migrate web 01 to hv3
+      kvm_ras.poison_guard.live_migrate:
+        name: web 01
+        dest_uri: qemu+ssh://root@hv3/system
+        copy_storage: all
+        max_downtime: 100
+        auto_converge: true
+      register: move
 
-- name: Say where the VM ended up
-  ansible.builtin.debug:
-    msg: "{{ move.running_on }} after {{ move.job.duration_ms }} ms, {{ move.job.data_total_bytes }} bytes"
+    - name: Say where the VM ended up
+      ansible.builtin.debug:
+        msg: "{{ move.running_on }} after {{ move.job.duration_ms }} ms, {{ move.job.data_total_bytes }} bytes"
 """
 
 RETURN = r"""

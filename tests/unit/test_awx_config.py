@@ -430,7 +430,7 @@ def test_every_data_key_reaches_a_module(play, config):
 
 def test_secrets_reach_modules_only_as_no_log_options(play):
     defaults = play["module_defaults"]["group/awx.awx.controller"]
-    spec, _ = awx_module_spec("awx.awx.job_template")
+    spec, _unused = awx_module_spec("awx.awx.job_template")
     secret_vars = ("controller_password", "controller_oauthtoken")
     for option, template in defaults.items():
         assert option in spec, f"module_defaults option {option!r} is not an awx.awx option"
@@ -455,8 +455,8 @@ def _surveys(config):
 
 def test_survey_specs_pass_awx_validation(config):
     surveys = list(_surveys(config))
-    assert {name for name, _ in surveys} >= {"Evacuate hypervisor", "Deploy patched QEMU",
-                                             "Evacuate hypervisor with approval"}
+    assert {name for name, _survey in surveys} >= {"Evacuate hypervisor", "Deploy patched QEMU",
+                                                   "Evacuate hypervisor with approval"}
     for name, survey in surveys:
         assert survey_spec_errors(survey) == [], name
 
@@ -577,7 +577,7 @@ def _node_kinds(config, workflow):
 def test_report_workflow_start_scan_merge(config):
     workflow = _workflow(config, "Fleet poison report (sliced)")
     assert _node_kinds(config, workflow) == [["report_start", "report_scan", "report_merge"]]
-    nodes, _ = _workflow_graph(workflow)
+    nodes, _unused = _workflow_graph(workflow)
     scan = job_template(config, nodes["report_scan"]["unified_job_template"])
     assert scan["job_slice_count"] > 1
     for ident in ("report_start", "report_merge"):
@@ -819,8 +819,8 @@ def playbook_inputs(playbook):
             found.role_specs.append(_role_entry_spec(name, "main"))
         for section in ("pre_tasks", "tasks", "post_tasks", "handlers"):
             task_list(play.get(section))
-        read({k: v for k, v in play.items() if k not in ("name", "tasks", "pre_tasks", "post_tasks",
-                                                           "handlers", "roles", "vars")})
+        skipped = ("name", "tasks", "pre_tasks", "post_tasks", "handlers", "roles", "vars")
+        read({k: v for k, v in play.items() if k not in skipped})
     for options in found.role_specs:
         for name, option in options.items():
             found.names.add(name)

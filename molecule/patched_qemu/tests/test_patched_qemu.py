@@ -56,7 +56,6 @@ def probe(host, tmp_path_factory):
     for src, dest in files.items():
         (tree / dest).parent.mkdir(parents=True, exist_ok=True)
         (tree / dest).write_bytes(src.read_bytes())
-    (tree / "qemu_guard_probe.py").chmod(0o755)
     result = host.ansible("copy", json.dumps({"src": f"{tree}/", "dest": f"{PROBE_DIR}/", "mode": "preserve"}),
                           check=False)
     assert not result.get("failed"), result
@@ -65,7 +64,7 @@ def probe(host, tmp_path_factory):
 
 
 def _selftest(host, probe, binary, inject):
-    argv = [probe, "selftest", "--binary", binary, "--timeout", "120"] + (["--inject"] if inject else [])
+    argv = ["python3", probe, "selftest", "--binary", binary, "--timeout", "120"] + (["--inject"] if inject else [])
     result = _run(host, *argv)
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: (c) 2025, kvm_ras maintainers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Which deb-src entries does this host need to fetch the source of a binary package?
@@ -51,7 +50,7 @@ def index_targets() -> list[dict]:
                 records.append(current)
             current = {}
             continue
-        key, _, value = line.partition(":")
+        key, _sep, value = line.partition(":")
         current[key.strip()] = value.strip()
     if current:
         records.append(current)
@@ -71,7 +70,7 @@ def _deb822_stanzas(text: str) -> list[dict[str, list[str]]]:
         if raw[0] in " \t" and last:
             fields[last].append(raw.strip())
             continue
-        key, _, value = raw.partition(":")
+        key, _sep, value = raw.partition(":")
         last = key.strip().lower()
         fields[last] = [value.strip()] if value.strip() else []
     return stanzas
@@ -79,7 +78,7 @@ def _deb822_stanzas(text: str) -> list[dict[str, list[str]]]:
 
 def signed_by_of(source_entry: str) -> list[str]:
     """Signed-By value (as lines) of the entry apt names ``file:number``."""
-    path, _, number = source_entry.rpartition(":")
+    path, _sep, number = source_entry.rpartition(":")
     if not path or not number.isdigit():
         return []
     try:
@@ -98,7 +97,7 @@ def signed_by_of(source_entry: str) -> list[str]:
         match = re.search(r"\[([^\]]*)\]", lines[index - 1])
         if match:
             for option in match.group(1).split():
-                key, _, value = option.partition("=")
+                key, _sep, value = option.partition("=")
                 if key.lower() == "signed-by":
                     return [value]
     return []

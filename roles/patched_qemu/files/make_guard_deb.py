@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: (c) 2025, kvm_ras maintainers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Assemble the qemu-system-x86-poison-guard .deb from a built QEMU binary.
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(doc_dir, "build-info.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2, sort_keys=True)
         handle.write("\n")
-    size_kb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root)
+    size_kb = sum(os.path.getsize(os.path.join(d, f)) for d, _dirs, fs in os.walk(root)
                   for f in fs if "/DEBIAN" not in d) // 1024 + 1
     control = control.replace("@INSTALLED_SIZE@", str(size_kb))
     with open(os.path.join(root, "DEBIAN/control"), "w", encoding="utf-8") as handle:
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                      os.path.join(root, "DEBIAN", script), 0o755)
 
     sums = []
-    for directory, _, files in sorted(os.walk(os.path.join(root, "usr"))):
+    for directory, _dirs, files in sorted(os.walk(os.path.join(root, "usr"))):
         for name in sorted(files):
             path = os.path.join(directory, name)
             with open(path, "rb") as handle:

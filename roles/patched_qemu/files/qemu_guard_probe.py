@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: (c) 2025, kvm_ras maintainers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """On-host probe for the patched_qemu role (stdlib only, Python 3.9+).

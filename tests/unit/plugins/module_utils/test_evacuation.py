@@ -32,7 +32,9 @@ def request(**raw):
     return ev.validate_request(base, HOSTS, GROUPS, {}, forks=5)
 
 
-def problems_of(raw, hosts=HOSTS, groups=GROUPS, hostvars=None, forks=5):
+def problems_of(raw, hosts=None, groups=None, hostvars=None, forks=5):
+    hosts = HOSTS if hosts is None else hosts
+    groups = GROUPS if groups is None else groups
     with pytest.raises(ev.EvacuationInputError) as info:
         ev.validate_request(raw, hosts, groups, hostvars or {}, forks=forks)
     return info.value.problems, str(info.value)
@@ -70,28 +72,28 @@ def test_unknown_source_is_named_with_the_known_hypervisors():
 
 
 def test_missing_source_says_how_to_set_it():
-    problems, _ = problems_of({})
+    problems, _unused = problems_of({})
     assert any("evacuate_source is not set" in p and "-e evacuate_source=hv1" in p for p in problems)
 
 
 def test_source_as_its_own_target_is_refused():
-    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": ["hv1", "hv2"]})
+    problems, _unused = problems_of({"evacuate_source": "hv1", "evacuate_targets": ["hv1", "hv2"]})
     assert problems == ["evacuate_targets includes the source 'hv1' itself: a host cannot receive its own VMs; "
                         "remove it from evacuate_targets"]
 
 
 def test_no_targets_when_the_group_holds_only_the_source():
-    problems, _ = problems_of({"evacuate_source": "hv1"}, groups={"hypervisors": ["hv1"]})
+    problems, _unused = problems_of({"evacuate_source": "hv1"}, groups={"hypervisors": ["hv1"]})
     assert len(problems) == 1 and problems[0].startswith("no targets: group 'hypervisors' holds only the source")
 
 
 def test_no_targets_when_the_group_is_missing():
-    problems, _ = problems_of({"evacuate_source": "hv1"}, groups={})
+    problems, _unused = problems_of({"evacuate_source": "hv1"}, groups={})
     assert "has no group 'hypervisors'" in problems[0]
 
 
 def test_only_the_source_as_target_means_no_targets():
-    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": "hv1"})
+    problems, _unused = problems_of({"evacuate_source": "hv1", "evacuate_targets": "hv1"})
     assert any("includes the source" in p for p in problems)
 
 
@@ -102,7 +104,7 @@ def test_only_the_source_as_target_means_no_targets():
     ("migration_copy_storage", "full", "migration_copy_storage must be one of none, all, inc, got 'full'"),
 ])
 def test_bad_policy_words_list_the_allowed_ones(name, value, expected):
-    problems, _ = problems_of({"evacuate_source": "hv1", name: value})
+    problems, _unused = problems_of({"evacuate_source": "hv1", name: value})
     assert problems == [expected]
 
 
@@ -120,28 +122,28 @@ def test_bad_policy_words_list_the_allowed_ones(name, value, expected):
     ("cordon", "maybe", "cordon must be true or false, got 'maybe'"),
 ])
 def test_bad_numbers_and_booleans(name, value, fragment):
-    problems, _ = problems_of({"evacuate_source": "hv1", name: value})
+    problems, _unused = problems_of({"evacuate_source": "hv1", name: value})
     assert len(problems) == 1 and fragment in problems[0]
 
 
 def test_max_parallel_above_forks_names_the_fix():
-    problems, _ = problems_of({"evacuate_source": "hv1", "max_parallel": 8}, forks=5)
+    problems, _unused = problems_of({"evacuate_source": "hv1", "max_parallel": 8}, forks=5)
     assert problems == ["max_parallel 8 is above Ansible's forks (5), which caps how many migrations can run at "
                         "once: run with --forks 8 (or ANSIBLE_FORKS=8), or lower max_parallel"]
 
 
 @pytest.mark.parametrize("bad", ["hv1; rm -rf /", "$(reboot)", "hv1 hv2", "`id`", "hv1|cat", "../hv1", "hv1'"])
 def test_host_names_with_shell_metacharacters_are_refused(bad):
-    problems, _ = problems_of({"evacuate_source": bad})
+    problems, _unused = problems_of({"evacuate_source": bad})
     assert any("is not a valid inventory host name" in p and "shell metacharacters" in p for p in problems)
-    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": [bad]})
+    problems, _unused = problems_of({"evacuate_source": "hv1", "evacuate_targets": [bad]})
     assert any("evacuate_targets entry" in p and "not a valid inventory host name" in p for p in problems)
 
 
 def test_vm_names_are_data_but_must_be_libvirt_names():
     req = request(evacuate_leave_vms=["odd $(touch x) 'q'", "tab\tname"])
     assert req["evacuate_leave_vms"] == ["odd $(touch x) 'q'", "tab\tname"]
-    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_leave_vms": ["a/b"]})
+    problems, _unused = problems_of({"evacuate_source": "hv1", "evacuate_leave_vms": ["a/b"]})
     assert "is not a libvirt domain name" in problems[0]
 
 
@@ -153,7 +155,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_unknown_inputs_are_refused():
-    problems, _ = problems_of({"evacuate_source": "hv1", "max_paralel": 3})
+    problems, _unused = problems_of({"evacuate_source": "hv1", "max_paralel": 3})
     assert problems[0].startswith("unknown input(s) max_paralel")
 
 
@@ -165,8 +167,8 @@ def test_unknown_inputs_are_refused():
     ("qemu+tcp://hv2 ;reboot/system", "is not a libvirt URI"),
 ])
 def test_dangerous_or_malformed_migration_uris_are_refused(uri, fragment):
-    problems, _ = problems_of({"evacuate_source": "hv1", "evacuate_targets": "hv2"},
-                              hostvars={"hv2": {"kvm_ras_migration_uri": uri}})
+    problems, _unused = problems_of({"evacuate_source": "hv1", "evacuate_targets": "hv2"},
+                                    hostvars={"hv2": {"kvm_ras_migration_uri": uri}})
     assert any(fragment in p for p in problems), problems
 
 
@@ -251,7 +253,7 @@ def by_name(plan):
     ("weird", True, "leave", "leave", ev.ACTION_LEAVE),
 ])
 def test_decide_action_table(status, allowed, poisoned_policy, unknown_policy, expected):
-    action, _ = ev.decide_action(status, allowed, poisoned_policy, unknown_policy)
+    action, _unused = ev.decide_action(status, allowed, poisoned_policy, unknown_policy)
     assert action == expected
 
 
@@ -335,8 +337,8 @@ def test_plan_poisoned_unknown_and_inactive():
 
 
 def test_plan_reboot_and_unknown_migrate_policies():
-    _, plan = plan_for({"bad": "poisoned", "what": "unknown"}, poisoned_vm_policy="reboot_then_migrate",
-                       unknown_vm_policy="migrate")
+    _unused, plan = plan_for({"bad": "poisoned", "what": "unknown"}, poisoned_vm_policy="reboot_then_migrate",
+                             unknown_vm_policy="migrate")
     vms = by_name(plan)
     assert vms["bad"]["action"] == ev.ACTION_REBOOT and vms["bad"]["target"] in ("hv2", "hv3")
     assert vms["what"]["action"] == ev.ACTION_LIVE
@@ -344,14 +346,14 @@ def test_plan_reboot_and_unknown_migrate_policies():
 
 def test_plan_cold_migrate_refused_without_storage_on_targets():
     targets = {"hv2": capacity(paths={}), "hv3": capacity(paths={})}
-    _, plan = plan_for({"bad": "poisoned"}, targets=targets, poisoned_vm_policy="cold_migrate")
+    _unused, plan = plan_for({"bad": "poisoned"}, targets=targets, poisoned_vm_policy="cold_migrate")
     vm = by_name(plan)["bad"]
     assert vm["action"] == ev.ACTION_LEAVE and vm["planned_action"] == ev.ACTION_COLD and vm["no_room"]
     assert "cold migration needs shared or copied storage" in vm["reason"]
 
 
 def test_plan_leave_list_by_name_or_uuid_and_unknown_names_refused():
-    _, plan = plan_for({"a": "clean", "b": "clean"}, evacuate_leave_vms=["uuid-b"])
+    _unused, plan = plan_for({"a": "clean", "b": "clean"}, evacuate_leave_vms=["uuid-b"])
     assert by_name(plan)["b"]["action"] == ev.ACTION_LEAVE
     with pytest.raises(ev.EvacuationInputError) as info:
         plan_for({"a": "clean"}, evacuate_leave_vms=["nosuch"])
@@ -360,16 +362,16 @@ def test_plan_leave_list_by_name_or_uuid_and_unknown_names_refused():
 
 def test_plan_with_no_usable_target_is_a_problem_but_an_empty_host_is_not():
     targets = {"hv2": capacity(cordoned=True), "hv3": {"failed": True, "msg": "libvirtd down"}}
-    _, plan = plan_for({"a": "clean"}, targets=targets)
+    _unused, plan = plan_for({"a": "clean"}, targets=targets)
     assert ev.plan_problems(plan) == [
         "no usable target for 1 VM(s): hv2 cordoned since 2026-01-01T00:00:00Z (DIMM): uncordon it first to use it as "
         "a target; hv3 libvirt not answering: libvirtd down"]
-    _, empty = plan_for({}, targets=targets)
+    _unused, empty = plan_for({}, targets=targets)
     assert ev.plan_problems(empty) == [] and empty["moves"] == 0
 
 
 def test_render_plan_lists_every_vm_and_quotes_odd_names():
-    _, plan = plan_for({"web1": "clean", "odd $(x) 'q'": "poisoned"})
+    _unused, plan = plan_for({"web1": "clean", "odd $(x) 'q'": "poisoned"})
     text = "\n".join(ev.render_plan(plan, request(), check_mode=True))
     assert "Evacuation plan for hv1 (check mode: nothing will change)" in text
     assert "\"odd $(x) 'q'\"" in text and UPSTREAM_REFUSAL in text
@@ -491,8 +493,9 @@ def test_verify_uses_qemu_processes_when_libvirt_is_down():
 
 
 def test_restore_candidates_prefer_the_source():
-    plan = {"source": "hv1", "targets": [], "vms": [plan_vm("a", ev.ACTION_REBOOT), plan_vm("b", ev.ACTION_COLD),
-                                                      plan_vm("c", ev.ACTION_LIVE), plan_vm("off", ev.ACTION_NONE)]}
+    plan = {"source": "hv1", "targets": [], "vms": [
+        plan_vm("a", ev.ACTION_REBOOT), plan_vm("b", ev.ACTION_COLD), plan_vm("c", ev.ACTION_LIVE),
+        plan_vm("off", ev.ACTION_NONE)]}
     post = states(hv1=[defined_only("a"), defined_only("off")], hv2=[defined_only("b")], hv3=[domain("c")])
     assert ev.restore_candidates(plan, post) == [{"name": "a", "host": "hv1"}, {"name": "b", "host": "hv2"}]
 
@@ -548,7 +551,7 @@ def test_exit_rule():
 
 
 def test_rerun_on_an_emptied_host_is_a_no_op_plan():
-    _, plan = plan_for({})
+    _unused, plan = plan_for({})
     assert plan["vms"] == [] and plan["moves"] == 0 and ev.plan_problems(plan) == []
     report = ev.build_report(request(), plan, [], ev.verify(plan, [], states(hv1=[], hv2=[], hv3=[])), RUN)
     assert report["failed"] is False and report["msg"] == "evacuation done: 0 VM(s) moved, the source runs no VM"
@@ -591,7 +594,7 @@ def test_place_balances_on_the_scarce_resource():
             ev.target_capacity("hv3", capacity(free=21056 + 512), req)]
     vms = [dict(domain("g%d" % i), action=ev.ACTION_LIVE) for i in range(7)]
     result = ev.place(vms, caps)
-    per_target = sorted(sum(1 for t, _ in result.values() if t == name) for name in ("hv2", "hv3"))
+    per_target = sorted(sum(1 for t, _why in result.values() if t == name) for name in ("hv2", "hv3"))
     assert per_target == [3, 4]
     assert (caps[0]["vcpu_free"], caps[1]["vcpu_free"]) in ((4, 5), (5, 4))
 
