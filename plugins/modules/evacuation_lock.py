@@ -89,7 +89,7 @@ lock:
   description: The lock record now in the file (or the one found, when refused or released).
   returned: always
   type: dict
-  sample: {owner: hv1-20260301T025901Z-5f2a, since: 1772333941.2, since_iso: "2026-03-01T02:59:01Z", controller: awx-task-1}
+  sample: {owner: hv1-20260301T025901Z-5f2a3c, since: 1772333941.2, since_iso: "2026-03-01T02:59:01Z", controller: awx-task-1}
 previous:
   description: The record of the lock that was broken.
   returned: when a lock was broken

@@ -25,8 +25,9 @@ description:
     evacuated themselves and targets whose libvirt did not answer are not used. Room means free
     memory (minus C(memory_reserve_mib)) and vCPUs (logical CPUs x C(cpu_allocation_ratio)
     minus vCPUs in use). A cold migration also needs the VM's disks on the target. Largest VMs
-    are placed first, each on the target with the most free memory. A VM that fits nowhere
-    stays, with the reason.
+    are placed first, each on the target that keeps the most headroom on its scarcer resource
+    (the smaller of its free shares of memory and of vCPUs after the VM), so the load spreads.
+    A VM that fits nowhere stays, with the reason.
   - Returns the plan and its table (RV(lines)). Fails, before anything changes, when VMs should
     move but no target is usable.
 author:

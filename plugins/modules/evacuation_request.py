@@ -137,7 +137,7 @@ run:
   description: Identity of this evacuation run.
   returned: success
   type: dict
-  sample: {run_id: hv1-20260301T025901Z-5f2a, started_at: "2026-03-01T02:59:01Z", started_compact: 20260301T025901Z,
+  sample: {run_id: hv1-20260301T025901Z-5f2a3c, started_at: "2026-03-01T02:59:01Z", started_compact: 20260301T025901Z,
            controller: awx-task-1, check_mode: false}
 problems:
   description: Every problem found (the task fails when there is any).

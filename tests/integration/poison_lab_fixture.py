@@ -13,9 +13,8 @@ Use from a test module in tests/integration (pytest puts that directory on sys.p
         assert report['rc'] == 0 and report['json']['vms'][0]['status'] == 'poisoned'
 
 Register at module level: every test module is imported before the first test runs, and the
-lab boots once per session (on first use) with all registered hooks. The fixture is found
-through tests/conftest.py (`pytest_plugins`); a test module may also import
-`poison_lab_run` from here directly. For a different inner QEMU (the patched build) call
+lab boots once per session (on first use) with all registered hooks. A test module that
+uses the fixture imports `poison_lab_run` from here. For a different inner QEMU (the patched build) call
 `lab_run(qemu_binary=...)` in your own fixture: it boots once per binary and session.
 
 The fixture skips only when this machine cannot run QEMU at all (qemu-system-x86_64 missing

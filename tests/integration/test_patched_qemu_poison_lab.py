@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
-from poison_lab_fixture import checks, get_run
+from poison_lab_fixture import checks, get_run, poison_lab_run  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = [pytest.mark.poison_lab, pytest.mark.slow]
 

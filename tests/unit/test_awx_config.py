@@ -73,7 +73,7 @@ VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------------------------
-# Loading and rendering (shared with tests/integration/test_awx_runner.py)
+# Loading and rendering (shared with tests/integration/test_awx_job_templates.py)
 # --------------------------------------------------------------------------------------------
 
 def _loader():

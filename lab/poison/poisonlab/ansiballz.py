@@ -15,9 +15,11 @@ Needs ansible-core (>= 2.19) importable on the host; the VM needs nothing but py
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,32 +46,38 @@ def _internal_args(module: str, check_mode: bool) -> dict:
     }
 
 
-_LOADER_PATHS: list[str] | None = None
-
-
-def _init_ansible(collections_paths: list[str]) -> None:
-    global _LOADER_PATHS
-    try:
-        from ansible.plugins.loader import init_plugin_loader
-    except ImportError as exc:
-        raise LabError(f'ansible-core is not importable by {sys.executable}: {exc}; '
-                       'run the lab from the project virtualenv (make venv)') from exc
-    if _LOADER_PATHS is None:
-        init_plugin_loader(collections_paths)
-        _LOADER_PATHS = list(collections_paths)
-    elif collections_paths and collections_paths != _LOADER_PATHS:
-        raise LabError(f'the collection loader is already set up with {_LOADER_PATHS}; '
-                       f'one process can only use one collections path list (asked for {collections_paths})')
-
-
 def build_payload(module: str, args: dict, *, collections_paths: list[str] | None = None,
                   check_mode: bool = False) -> bytes:
     """The AnsiballZ payload (a python script) for module (FQCN) called with args.
 
     collections_paths: directories holding ansible_collections/<ns>/<name>/ (needed for
     collection modules such as kvm_ras.poison_guard.poison_info).
+
+    ansible-core's plugin loader is process-wide and can be set up once per process (a test
+    session may already have set it up for other paths), so the payload is built by a fresh
+    python process: this file run as ``python -m poisonlab.ansiballz``.
     """
-    _init_ansible([str(p) for p in collections_paths or []])
+    request = {'module': module, 'args': args, 'collections_paths': [str(p) for p in collections_paths or []],
+               'check_mode': check_mode}
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get('PYTHONPATH')])))
+    env.pop('ANSIBLE_COLLECTIONS_PATH', None)
+    env.pop('ANSIBLE_COLLECTIONS_PATHS', None)
+    proc = subprocess.run([sys.executable, '-m', 'poisonlab.ansiballz'], input=json.dumps(request).encode(),
+                          capture_output=True, env=env, cwd=package_parent, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise LabError(proc.stderr.decode(errors='replace').strip().splitlines()[-1] if proc.stderr.strip()
+                       else f'building the payload of {module} failed (exit {proc.returncode})')
+    return base64.b64decode(proc.stdout)
+
+
+def _build_in_this_process(module: str, args: dict, collections_paths: list[str], check_mode: bool) -> bytes:
+    try:
+        from ansible.plugins.loader import init_plugin_loader
+    except ImportError as exc:
+        raise LabError(f'ansible-core is not importable by {sys.executable}: {exc}; '
+                       'run the lab from the project virtualenv (make venv)') from exc
+    init_plugin_loader(collections_paths)
     from ansible.executor.module_common import modify_module
     from ansible.parsing.dataloader import DataLoader
     from ansible.plugins.loader import module_loader
@@ -77,7 +85,7 @@ def build_payload(module: str, args: dict, *, collections_paths: list[str] | Non
 
     found = module_loader.find_plugin_with_context(module)
     if not found.resolved or not found.plugin_resolved_path:
-        raise LabError(f'module {module} not found (collections paths: {collections_paths or []})')
+        raise LabError(f'module {module} not found (collections paths: {collections_paths})')
     module_path = found.plugin_resolved_path
     if not module_path.endswith('.py'):
         raise LabError(f'module {module} resolves to {module_path}: only python modules can run in the lab VM')
@@ -89,6 +97,18 @@ def build_payload(module: str, args: dict, *, collections_paths: list[str] | Non
         raise LabError(f'module {module} is a {built.module_style!r} style module; only AnsiballZ (new style) '
                        'python modules are supported')
     return built.b_module_data
+
+
+def _main() -> int:
+    request = json.loads(sys.stdin.buffer.read())
+    try:
+        payload = _build_in_this_process(request['module'], request['args'], request['collections_paths'],
+                                         request['check_mode'])
+    except LabError as exc:
+        sys.stderr.write(f'{exc}\n')
+        return 1
+    sys.stdout.buffer.write(base64.b64encode(payload))
+    return 0
 
 
 RUNNER = '''\
@@ -160,3 +180,7 @@ KNOWN_PLACEHOLDERS = {
     'LAB_VICTIM_IS_QEMU', 'LAB_VICTIM_ALIVE', 'LAB_VADDR', 'LAB_HVA', 'LAB_PFN', 'LAB_GPA', 'LAB_QMP_SOCK',
     'LAB_QEMU_NAME', 'LAB_QEMU_LOG', 'LAB_QEMU_BINARY', 'LAB_QEMU_ACCEL',
 }
+
+
+if __name__ == '__main__':
+    sys.exit(_main())
