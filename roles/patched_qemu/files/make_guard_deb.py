@@ -108,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         control = handle.read()
     shlibs = shlib_depends(binary, args.source_dir)
     control = control.replace("@SHLIBS_DEPENDS@", (", " + shlibs) if shlibs else "")
-    # the record goes into the package too: the role reads it back to know what is installed
+    # the record goes into the package too: the role reads it back to know what is installed.
+    # Not under /usr/share/doc, which minimal and container images drop (dpkg path-exclude).
     record.update(build_id=build_id, shlibs_depends=shlibs)
-    with open(os.path.join(doc_dir, "build-info.json"), "w", encoding="utf-8") as handle:
+    data_dir = os.path.join(root, "usr/share", package)
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, "build-info.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2, sort_keys=True)
         handle.write("\n")
     size_kb = sum(os.path.getsize(os.path.join(d, f)) for d, _dirs, fs in os.walk(root)

@@ -123,7 +123,7 @@ def test_contents_binary_debug_file_docs(built, tmp_path):
     assert ".debug_info" not in sections
     doc = tmp_path / "usr/share/doc/qemu-system-x86-poison-guard"
     assert (doc / "0001-guard.patch").is_file()
-    inside = json.loads((doc / "build-info.json").read_text())
+    inside = json.loads((tmp_path / "usr/share/qemu-system-x86-poison-guard/build-info.json").read_text())
     assert inside["key"] == VARS["patched_qemu__build"]["key"] and inside["build_id"] == build_id
 
 
