@@ -4,7 +4,7 @@
 Both move the same guests between the same two lab hypervisors with the same bandwidth cap,
 in the same run:
 
-- baseline: ``virsh migrate --live --persistent --undefine-source --bandwidth B`` for one guest
+- baseline: ``virsh migrate --live --persistent --undefinesource --bandwidth B`` for one guest
   after the other, from hv1 to hv2 (what an operator's shell loop does);
 - evacuation: ``ansible-playbook playbooks/evacuate_host.yml`` emptying hv2 back onto hv1 with
   ``max_parallel`` migrations at once, with everything the playbook does besides migrating
@@ -110,7 +110,7 @@ def sequential_loop(names, bandwidth):
     """The baseline: one `virsh migrate --live` after the other, hv1 -> hv2."""
     started = time.monotonic()
     for name in names:
-        virsh(SOURCE, "migrate", "--live", "--persistent", "--undefine-source", "--bandwidth", str(bandwidth),
+        virsh(SOURCE, "migrate", "--live", "--persistent", "--undefinesource", "--bandwidth", str(bandwidth),
               name, "qemu+tcp://%s/system" % DESTINATION, timeout=900)
     return time.monotonic() - started
 
