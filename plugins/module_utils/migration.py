@@ -321,6 +321,36 @@ CRITICAL_PLACEMENTS = ("both", "none")
 
 # --- supervision ------------------------------------------------------------------------
 
+def describe_abort(outcome):
+    """How the abort request of a ``supervise()`` outcome went, in a few words."""
+    if outcome["abort_pending"]:
+        return "libvirt had not answered the abort request"
+    if outcome["abort_error"]:
+        return "libvirt refused the abort: %s" % outcome["abort_error"]
+    if outcome["abort_seconds"] is None:
+        return "no abort was requested"
+    return "libvirt accepted the abort after %.1f s" % outcome["abort_seconds"]
+
+
+def _start_abort(abort, outcome, clock):
+    """Call ``abort()`` in a thread of its own, so the job keeps being watched while it runs.
+
+    Records how long the call took (``abort_seconds``) and what it raised (``abort_error``).
+    """
+    def target():
+        began = clock()
+        try:
+            abort()
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # libvirtError and friends
+            outcome["abort_error"] = str(exc)
+        outcome["abort_seconds"] = round(clock() - began, 3)
+
+    aborter = threading.Thread(target=target, name="kvm-ras-abort-migration")
+    aborter.daemon = True
+    aborter.start()
+    return aborter
+
+
 def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=None,
               abort_grace=60.0, clock=time.monotonic, max_samples=20):
     """Run ``start()`` (the blocking libvirt migrate call) in a thread and watch it.
@@ -328,9 +358,10 @@ def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=Non
     Every ``poll_interval`` seconds ``poll()`` returns libvirt job statistics (or None). When
     ``timeout`` seconds have passed: if ``switch_to_postcopy`` is given it is called once and a
     second ``timeout`` window is granted (post-copy cannot be aborted); otherwise ``abort()``
-    asks libvirt to cancel the job, and we wait up to ``abort_grace`` seconds for ``start()`` to
-    return. Returns a dict describing what happened (``error`` holds the exception ``start()``
-    raised, if any).
+    asks libvirt to cancel the job (in a thread of its own, so polling goes on) and we wait up
+    to ``abort_grace`` seconds for ``start()`` to return. Returns a dict describing what
+    happened (``error`` holds the exception ``start()`` raised, if any; ``abort_pending`` is
+    true when the abort call itself had not returned at the end).
     """
     box = {}
 
@@ -344,6 +375,8 @@ def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=Non
         "deadline_passed": False,
         "abort_requested": False,
         "abort_error": None,
+        "abort_seconds": None,
+        "abort_pending": False,
         "postcopy_started": False,
         "postcopy_error": None,
         "poll_errors": 0,
@@ -356,6 +389,7 @@ def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=Non
     begin = clock()
     deadline = begin + timeout
     abort_deadline = None
+    aborter = None
     worker.start()
     while True:
         worker.join(poll_interval)
@@ -391,12 +425,12 @@ def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=Non
                 continue
             outcome["deadline_passed"] = True
             outcome["abort_requested"] = True
-            try:
-                abort()
-            except Exception as exc:  # pylint: disable=broad-exception-caught
-                outcome["abort_error"] = str(exc)
+            aborter = _start_abort(abort, outcome, clock)
             abort_deadline = now + abort_grace
     outcome["finished"] = not worker.is_alive()
+    if aborter is not None:
+        aborter.join(1.0)
+        outcome["abort_pending"] = aborter.is_alive()
     outcome["elapsed_s"] = clock() - begin
     outcome["error"] = box.get("error")
     outcome["value"] = box.get("value")

@@ -131,6 +131,9 @@ options:
       - Seconds the migration may take. When exceeded, the migration job is aborted and the
         VM keeps running on the source (RV(failure.class=timeout)). With O(postcopy=true) the
         migration switches to post-copy instead, see there.
+      - If the job completes before libvirt carries out the abort, the VM runs on the
+        destination only; the module then reports the migration (RV(migrated=true),
+        RV(aborted=true)) with a warning rather than a failure.
     type: float
     default: 600
   poll_interval:
@@ -144,6 +147,8 @@ notes:
     abort, or switch to post-copy.
   - When O(max_downtime) is set, the source QEMU keeps that downtime limit after a failed or
     aborted migration.
+  - The module opens a second connection to O(source_uri) for reading the job's progress and
+    for the abort, so neither waits behind the blocking migrate call.
 seealso:
   - module: kvm_ras.poison_guard.migration_gate
   - module: kvm_ras.poison_guard.poison_info
@@ -332,12 +337,16 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration imp
     MigrationInputError,
     build_plan,
     classify_error,
+    describe_abort,
     resolve_flags,
     resolve_params,
     shape_job_stats,
     supervise,
     where_running,
 )
+
+# How long an aborted job may take to wind down before the module stops waiting for it.
+ABORT_GRACE_SECONDS = 60
 
 LIBVIRT_IMPORT_ERROR = None
 try:
@@ -429,6 +438,7 @@ class LiveMigration:
         self.dest_uri = module.params["dest_uri"]
         self.source = None
         self.dest = None
+        self.control = None
         self.result = {
             "changed": False,
             "name": self.name,
@@ -525,14 +535,32 @@ class LiveMigration:
                 self.name, self.dest_uri, ", ".join(plan["flags"]) or "no flags"), **self.result)
         self.migrate(plan)
 
+    def open_control(self, dom):
+        """The domain seen through a second source connection, for watching and aborting the job.
+
+        The blocking migrate call keeps the first connection busy. libvirt 9.0's client was seen
+        (about one run in nine) to hold an abort request sent on that same connection until the
+        migration had finished, so polls, the downtime limit, the post-copy switch and the abort
+        travel on a connection of their own. Falls back to the migrating connection if a second
+        one cannot be opened.
+        """
+        try:
+            self.control = libvirt.open(self.params["source_uri"])
+            return self.control.lookupByUUIDString(dom.UUIDString())
+        except libvirt.libvirtError as exc:
+            self.module.warn("could not open a second connection to %s for watching the migration (%s); "
+                             "polling and abort share the migrating connection" % (self.params["source_uri"], exc))
+            return dom
+
     def migrate(self, plan):
         dom = self.source.lookupByName(self.name)
+        ctl = self.open_control(dom)
         flags = resolve_flags(plan["flags"], libvirt)
         params = resolve_params(plan["params"], libvirt)
         downtime = {"pending": plan["max_downtime"]}
         if downtime["pending"]:
             try:
-                dom.migrateSetMaxDowntime(downtime["pending"], 0)
+                ctl.migrateSetMaxDowntime(downtime["pending"], 0)
                 downtime["pending"] = None
             except libvirt.libvirtError:
                 pass  # some libvirt versions accept it only while the migration job runs: set it at the first poll
@@ -546,18 +574,18 @@ class LiveMigration:
 
         def poll():
             if downtime["pending"]:
-                dom.migrateSetMaxDowntime(downtime["pending"], 0)
+                ctl.migrateSetMaxDowntime(downtime["pending"], 0)
                 downtime["pending"] = None
-            return dom.jobStats(0)
+            return ctl.jobStats(0)
 
         switch = None
         if plan["postcopy"]:
             def switch():
-                dom.migrateStartPostCopy(0)
+                ctl.migrateStartPostCopy(0)
 
         wall = time.time()
-        outcome = supervise(start, poll, dom.abortJob, self.params["timeout"], self.params["poll_interval"],
-                            switch_to_postcopy=switch)
+        outcome = supervise(start, poll, ctl.abortJob, self.params["timeout"], self.params["poll_interval"],
+                            switch_to_postcopy=switch, abort_grace=ABORT_GRACE_SECONDS)
         self.result["duration_seconds"] = round(time.time() - wall, 3)
         self.result["aborted"] = outcome["abort_requested"]
         self.result["postcopy_started"] = outcome["postcopy_started"]
@@ -570,16 +598,22 @@ class LiveMigration:
 
         if not outcome["finished"]:
             message = "the migration job was still running %d s after %s" % (
-                self.params["timeout"], "the switch to post-copy" if outcome["postcopy_started"]
-                else "the abort request (%s)" % (outcome["abort_error"] or "accepted"))
+                self.params["timeout"] if outcome["postcopy_started"] else ABORT_GRACE_SECONDS,
+                "the switch to post-copy" if outcome["postcopy_started"]
+                else "the abort request (%s)" % describe_abort(outcome))
             self.fail_classified(message, timed_out=True)
         if outcome["error"] is not None:
             self.fail_classified(str(outcome["error"]), timed_out=outcome["abort_requested"])
         if self.result["critical"] or not moved:
             self.fail_classified("libvirt reported success but the VM is not running on the destination only "
                                  "(source: %s, destination: %s)" % (src_state, dst_state))
+        warnings = []
+        if outcome["abort_requested"]:
+            warnings.append("the migration of %r completed although its %s s timeout had passed and the job was "
+                            "asked to abort (%s); the VM runs on %s only" % (
+                                self.name, self.params["timeout"], describe_abort(outcome), self.dest_uri))
         self.module.exit_json(msg="migrated %r to %s in %.1f s" % (
-            self.name, self.dest_uri, self.result["duration_seconds"]), **self.result)
+            self.name, self.dest_uri, self.result["duration_seconds"]), warnings=warnings, **self.result)
 
     def completed_stats(self, dom, dst_state):
         """Statistics of the finished job: the destination keeps them, the source if it still has the VM."""
@@ -600,6 +634,7 @@ class LiveMigration:
         return None
 
     def close(self):
+        _close(self.control)
         _close(self.dest)
         _close(self.source)
 

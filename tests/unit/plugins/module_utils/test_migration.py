@@ -381,6 +381,41 @@ def test_supervise_gives_up_waiting_when_abort_does_not_stop_the_job():
     assert "no job is active" in out["abort_error"]
 
 
+def test_supervise_keeps_watching_while_the_abort_call_hangs():
+    # libvirt 9.0's client was seen to hold an abort until the migration it should have
+    # cancelled had completed: the job must still be watched (and its end seen) meanwhile.
+    clock = FakeClock(1.0)
+    done = threading.Event()
+    release_abort = threading.Event()
+    polls = []
+
+    def poll():
+        clock.tick()
+        polls.append(clock.now)
+        if len(polls) == 8:
+            done.set()  # the migration completes although the abort was asked for at t=3
+        return {"type": 2, "data_processed": len(polls), "data_remaining": 1}
+
+    try:
+        out = migration.supervise(lambda: done.wait(5) and "completed", poll, abort=lambda: release_abort.wait(5),
+                                  timeout=3, poll_interval=0.01, clock=clock)
+    finally:
+        release_abort.set()
+    assert out["abort_requested"] is True
+    assert out["finished"] is True
+    assert out["value"] == "completed"
+    assert out["abort_pending"] is True
+    assert max(sample["elapsed_s"] for sample in out["progress"]) > 3, "polling went on after the abort"
+    assert migration.describe_abort(out) == "libvirt had not answered the abort request"
+
+
+def test_describe_abort_names_what_libvirt_answered():
+    base = {"abort_pending": False, "abort_error": None, "abort_seconds": None}
+    assert migration.describe_abort(base) == "no abort was requested"
+    assert migration.describe_abort({**base, "abort_seconds": 0.25}) == "libvirt accepted the abort after 0.2 s"
+    assert "no job is active" in migration.describe_abort({**base, "abort_error": "no job is active", "abort_seconds": 0.1})
+
+
 def test_supervise_switches_to_postcopy_instead_of_aborting():
     clock = FakeClock(1.0)
     switched = threading.Event()
