@@ -55,6 +55,7 @@ class World:
         self.abort_event = threading.Event()
         self.abort_conn = None
         self.migrate_conn = None
+        self.source_open_limit = None  # connections the source accepts; None: any number
 
     def add(self, uri, uuid):
         self.hosts[uri] = Host(uri, uuid)
@@ -186,6 +187,11 @@ class FakeLibvirt:
         host = self.world.hosts.get(uri)
         if host is None or not host.reachable:
             raise FakeLibvirtError("unable to connect to server at 'hv2:16509': Connection refused")
+        if self.world.source_open_limit is not None and uri == SRC:
+            if self.world.source_open_limit == 0:
+                # what libvirtd answers when max_clients is reached
+                raise FakeLibvirtError("Cannot recv data: Connection reset by peer")
+            self.world.source_open_limit -= 1
         return FakeConn(self.world, host, read_only)
 
     def open(self, uri):
@@ -316,6 +322,17 @@ def test_the_abort_travels_on_its_own_connection_not_the_migrating_one(world):
     assert world.abort_conn is not world.migrate_conn
     assert world.abort_conn.host is world.migrate_conn.host
     assert [c for c in world.calls if c == ("open", SRC)] == [("open", SRC), ("open", SRC)]
+
+
+def test_without_a_second_source_connection_the_abort_shares_the_migrating_one(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.behaviour = "hang"
+    world.source_open_limit = 1
+    out = run({"timeout": 0.2})
+    assert out.failed is True
+    assert out.result["failure"]["class"] == "timeout"
+    assert out.result["running_on"] == "source"
+    assert world.abort_conn is world.migrate_conn
 
 
 def test_a_migration_that_completes_despite_the_abort_is_reported_as_moved_with_a_warning(world):
