@@ -16,12 +16,12 @@ MOLECULE_SCENARIOS ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard mol
 DEMO_HOSTS ?= 3
 DEMO_GUESTS ?= 6
 
-.PHONY: help venv sanity lint unit molecule integration test demo lab-up lab-status lab-down changelog clean
+.PHONY: help venv deps facts sanity lint unit molecule integration test demo lab-up lab-status lab-down changelog clean
 
 help:
 	@echo "make demo   - bring up the local hypervisor lab and evacuate one hypervisor"
 	@echo "make test   - every check: sanity, lint, unit, molecule, integration (needs root)"
-	@echo "make venv | sanity | lint | unit | molecule | integration | lab-up | lab-status | lab-down"
+	@echo "make venv | deps | facts | sanity | lint | unit | molecule | integration | lab-up | lab-status | lab-down"
 
 $(STAMP): requirements/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed for ansible-core 2.19 (set PYTHON=...)")'
@@ -32,6 +32,14 @@ $(STAMP): requirements/dev.txt
 
 venv: $(STAMP)
 	@tools/collection-link >/dev/null
+
+# Everything the tests need on the machine (Debian packages, the lab image, the poison lab's
+# kernel), installed before pytest collects anything; ends by printing the machine facts.
+deps:
+	tools/test-deps
+
+facts:
+	@tools/machine-facts
 
 sanity: venv
 	tools/sanity
@@ -57,6 +65,7 @@ integration: venv
 	tools/pytest-run tests
 
 test: venv
+	$(MAKE) deps
 	$(MAKE) sanity
 	$(MAKE) lint
 	$(MAKE) unit

@@ -9,9 +9,9 @@ and idempotence):
    libvirt's own domain-log timestamps); the report lists every guest; the source is cordoned;
 2. bad inputs, check mode and a held lock change nothing;
 3. uncordon_host.yml lets the source take VMs again;
-4. a guest with a poisoned page (tests/../files/inject_poison.py: the kernel side simulated
-   with a userfaultfd poison marker, QEMU's side through QEMU's own functions; the poison lab
-   covers real kernel hwpoison) stays on its host with poisoned_vm_policy=leave and QEMU's
+4. a guest with a poisoned page (lab/inject_poison.py: the kernel side simulated with a
+   userfaultfd poison marker, QEMU's side through QEMU's own functions, both driven with
+   plain ptrace; the poison lab covers real kernel hwpoison) stays on its host with poisoned_vm_policy=leave and QEMU's
    refusal as the reason, then moves with reboot_then_migrate;
 5. a target's libvirtd is stopped in the middle of an evacuation: the run fails and names
    the VMs it could not move or verify, and once libvirtd is back every guest runs exactly once.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ import pytest
 import yaml
 
 SCENARIO = Path(__file__).resolve().parent.parent
+INJECTOR = SCENARIO.parent.parent / "lab" / "inject_poison.py"
 REPO = SCENARIO.parent.parent
 VARS = yaml.safe_load((SCENARIO / "vars.yml").read_text())
 SOURCE = VARS["evacuate_scenario_source"]
@@ -333,13 +333,10 @@ def test_uncordon_lets_the_source_take_vms_again():
 def fixture_poisoned():
     """A guest of the first target with a poisoned page of guest RAM."""
     if os.geteuid() != 0:
-        pytest.fail("the poison injection attaches gdb to QEMU: run the scenario as root")
-    if not shutil.which("gdb"):
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "gdb"],
-                       check=True, capture_output=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        pytest.fail("the poison injection attaches to QEMU with ptrace: run the scenario as root")
     host = TARGETS[0]
     name = sorted(n for n, hosts in placement().items() if hosts == [host])[0]
-    proc = subprocess.run([sys.executable, str(SCENARIO / "files" / "inject_poison.py"), host, name],
+    proc = subprocess.run([sys.executable, str(INJECTOR), host, name],
                           capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return {"host": host, "name": name, "injection": json.loads(proc.stdout)}

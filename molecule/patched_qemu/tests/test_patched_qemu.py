@@ -2,8 +2,9 @@
 """Checks after converge (and the idempotent re-run) of the patched_qemu scenario.
 
 Every test runs on both hypervisor containers. The functional proof is repeated here with the
-role's own probe, independently of the role's verification: gdb calls QEMU's
-kvm_hwpoison_page_add() in a throw-away guest, then QMP ``migrate`` must be refused with the
+role's own probe, independently of the role's verification: the probe calls QEMU's
+kvm_hwpoison_page_add() in a throw-away guest's process (plain ptrace, general-purpose registers
+only, so it works on CPUs with AMX, where gdb's inferior calls fail), then QMP ``migrate`` must be refused with the
 upstream message by the patched binary and must complete with the stock (diverted) binary.
 """
 
@@ -48,11 +49,12 @@ def probe(host, tmp_path_factory):
     tree = tmp_path_factory.mktemp("probe")
     files = {
         ROLE_FILES / "qemu_guard_probe.py": "qemu_guard_probe.py",
-        ROLE_FILES / "qemu_poison_inject_gdb.py": "qemu_poison_inject_gdb.py",
         MODULE_UTILS / "messages.py": f"{MU}/messages.py",
         MODULE_UTILS / "poison" / "__init__.py": f"{MU}/poison/__init__.py",
         MODULE_UTILS / "poison" / "guard.py": f"{MU}/poison/guard.py",
     }
+    for name in ("__init__.py", "elf.py", "tracee.py", "qemu.py"):
+        files[MODULE_UTILS / "procinject" / name] = f"{MU}/procinject/{name}"
     for src, dest in files.items():
         (tree / dest).parent.mkdir(parents=True, exist_ok=True)
         (tree / dest).write_bytes(src.read_bytes())
@@ -94,11 +96,15 @@ def test_hypervisors_did_not_build(host):
     assert not host.package("meson").is_installed
 
 
-def test_debug_info_resolves_poison_list(host):
-    """gdb finds the static hwpoison_page_list through the package's build-id debug file."""
-    result = _run(host, "gdb", "-q", "-nx", "-batch", "-ex", "info address hwpoison_page_list", BINARY)
+def test_debug_info_resolves_poison_list(host, probe):
+    """The static hwpoison_page_list is found through the package's build-id debug file."""
+    result = _run(host, "python3", probe, "symbols", "--binary", BINARY, "--name", "hwpoison_page_list",
+                  "--name", "kvm_hwpoison_page_add")
     assert result.rc == 0, result.stderr
-    assert "hwpoison_page_list" in result.stdout and "is static storage" in result.stdout, result.stdout
+    found = json.loads(result.stdout)
+    assert found["debug_file"] and found["debug_file"].startswith("/usr/lib/debug/.build-id/"), found
+    assert found["symbols"]["hwpoison_page_list"]["found_in"] == "debuginfo", found
+    assert "kvm_hwpoison_page_add" in found["symbols"], found
 
 
 def test_patched_binary_starts_and_migrates_a_guest(host, probe):
@@ -112,6 +118,8 @@ def test_patched_binary_refuses_poisoned_migration(host, probe):
     result = _selftest(host, probe, BINARY, inject=True)
     assert result["ok"], result
     assert result["injection"]["ok"] and result["injection"]["head_found_by"] == "debuginfo", result["injection"]
+    assert not {"PTRACE_GETREGSET", "PTRACE_SETREGSET", "PTRACE_GETFPREGS", "PTRACE_SETFPREGS"} & set(
+        result["injection"]["ptrace_requests"]), result["injection"]
     assert result["injection"]["kvm_hwpoisoned_mem"] == 1
     assert result["migration"] == "refused", result
     assert result["migrate_reply"]["error"]["class"] == "GenericError"

@@ -11,17 +11,21 @@ Subcommands, each printing one JSON document on stdout:
   binary   --path P                 does the QEMU binary carry the migration guard
                                     (the refusal message compiled into it)?
   features --binary P               devices, netdevs, displays, ... a binary offers
+  symbols  --binary P --name N ...  where the named symbols are found (the binary or its
+                                    build-id debug file)
   selftest --binary P [--inject]    start a throw-away TCG guest with a QMP socket,
                                     optionally add an entry to QEMU's own poison list
-                                    with gdb calling kvm_hwpoison_page_add(), then
-                                    QMP ``migrate`` to ``exec:cat > /dev/null`` and
-                                    report the outcome
+                                    by calling QEMU's kvm_hwpoison_page_add() in the
+                                    guest's process (plain ptrace, general-purpose
+                                    registers only: works on CPUs with AMX, where gdb's
+                                    inferior calls fail), then QMP ``migrate`` to
+                                    ``exec:cat > /dev/null`` and report the outcome
 
 Every external program is started with an argv list, never through a shell.
 
-Guard detection and the refusal message are the collection's own
-(plugins/module_utils/poison/guard.py and messages.py, the same code poison_info uses for
-running VMs): the role copies them next to this file as an ``ansible_collections`` tree.
+Guard detection, the refusal message and the injector are the collection's own
+(plugins/module_utils/poison/guard.py, messages.py and procinject/, the same code poison_info
+and the labs use): the role copies them next to this file as an ``ansible_collections`` tree.
 """
 
 from __future__ import annotations
@@ -45,10 +49,21 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages impo
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison.guard import (  # noqa: E402
     BinaryInspector,
 )
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.procinject.elf import (  # noqa: E402
+    ElfError,
+    ElfFile,
+    debug_file_path,
+)
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.procinject.qemu import (  # noqa: E402
+    QemuProcess,
+)
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.procinject.tracee import (  # noqa: E402
+    InjectError,
+)
 
 VERSION_RE = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
-# The gdb script run inside gdb (its own file next to this one).
-GDB_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "qemu_poison_inject_gdb.py")
+# The guest-RAM offset the self-test puts into QEMU's poison list (the page is never touched).
+INJECT_RAM_ADDR = 0x1000
 
 
 # ---------------------------------------------------------------- guard in a binary
@@ -232,18 +247,33 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, deadline: float) -> None
     raise QMPError("QMP socket %s did not appear in time" % path)
 
 
-def _run_gdb_inject(gdb: str, pid: int, timeout: float) -> dict:
-    argv = [gdb, "-q", "-nx", "-batch", "-p", str(pid), "-x", GDB_SCRIPT]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    report = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("PG-INJECT "):
-            report = json.loads(line[len("PG-INJECT "):])
-    if report is None:
-        report = {"ok": False, "error": "gdb produced no PG-INJECT report"}
-    report["gdb_rc"] = proc.returncode
-    report["gdb_stderr_tail"] = proc.stderr.splitlines()[-5:]
-    return report
+def _inject(pid: int, timeout: float) -> dict:
+    """Add INJECT_RAM_ADDR to the QEMU's own poison list (QEMU's kvm_hwpoison_page_add())."""
+    try:
+        return QemuProcess(pid, timeout=min(timeout, 30.0)).add_to_poison_list(INJECT_RAM_ADDR)
+    except (InjectError, ElfError, OSError) as exc:
+        return {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc), "ram_addr": "%#x" % INJECT_RAM_ADDR}
+
+
+def cmd_symbols(args) -> dict:
+    """Where each named symbol is found: the binary itself or its build-id debug file."""
+    result = {"binary": args.binary, "symbols": {}}
+    try:
+        elf = ElfFile(args.binary)
+        build_id = elf.build_id()
+        debug = debug_file_path(build_id) if build_id else None
+        result.update(build_id=build_id, debug_file=debug if debug and os.path.exists(debug) else None)
+        found = elf.symbols(args.name)
+        for name in args.name:
+            if name in found:
+                result["symbols"][name] = {"found_in": "binary", "value": "%#x" % found[name][0]}
+        missing = [n for n in args.name if n not in found]
+        if missing and result["debug_file"]:
+            for name, (value, _size) in ElfFile(result["debug_file"]).symbols(missing).items():
+                result["symbols"][name] = {"found_in": "debuginfo", "value": "%#x" % value}
+    except ElfError as exc:
+        result["error"] = str(exc)
+    return result
 
 
 def cmd_selftest(args) -> dict:
@@ -274,7 +304,7 @@ def cmd_selftest(args) -> dict:
                 raise QMPError("cont failed: %s" % reply["error"])
         result["status_before"] = qmp.execute("query-status").get("return", {}).get("status")
         if args.inject:
-            result["injection"] = _run_gdb_inject(args.gdb, proc.pid, args.timeout)
+            result["injection"] = _inject(proc.pid, args.timeout)
             if not result["injection"].get("ok"):
                 raise QMPError("poison list injection failed: %s" % result["injection"].get("error"))
         reply = qmp.execute("migrate", {"uri": "exec:cat > /dev/null"})
@@ -345,10 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     p_feat.add_argument("--binary", required=True)
     p_feat.add_argument("--timeout", type=float, default=60)
 
+    p_sym = sub.add_parser("symbols")
+    p_sym.add_argument("--binary", required=True)
+    p_sym.add_argument("--name", action="append", required=True)
+
     p_self = sub.add_parser("selftest")
     p_self.add_argument("--binary", required=True)
     p_self.add_argument("--inject", action="store_true")
-    p_self.add_argument("--gdb", default="/usr/bin/gdb")
     p_self.add_argument("--machine", default="q35")
     p_self.add_argument("--memory-mib", type=int, default=128)
     p_self.add_argument("--timeout", type=float, default=120)
@@ -356,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     handler = {"binary": cmd_binary, "host": cmd_host,
-               "features": cmd_features, "selftest": cmd_selftest}[args.command]
+               "features": cmd_features, "selftest": cmd_selftest, "symbols": cmd_symbols}[args.command]
     json.dump(handler(args), sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     return 0
