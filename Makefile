@@ -37,6 +37,7 @@ venv: $(STAMP)
 # kernel), installed before pytest collects anything; ends by printing the machine facts.
 deps:
 	tools/test-deps
+	tools/eda-setup >/dev/null
 
 facts:
 	@tools/machine-facts

@@ -367,7 +367,8 @@ def test_every_module_call_validates_against_the_awx_argument_spec(calls):
     assert len(by_module["awx.awx.project"]) == 1
     assert {p["name"] for p in by_module["awx.awx.job_template"]} == {
         "Evacuate hypervisor", "Fleet poison report - start", "Fleet poison report",
-        "Fleet poison report - merge", "Deploy patched QEMU", "Uncordon hypervisor"}
+        "Fleet poison report - merge", "Deploy patched QEMU", "Uncordon hypervisor",
+        "Memory error response"}
     assert [p["name"] for p in by_module["awx.awx.workflow_job_template"]] == [
         "Fleet poison report (sliced)", "Evacuate hypervisor with approval"]
     nodes = by_module["awx.awx.workflow_job_template_node"]
