@@ -15,6 +15,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,9 +49,24 @@ def fixture_child():
     proc.stdin.write("ready\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "echo ready"
+    _wait_blocked_in_read(proc.pid)
     yield proc
     proc.kill()
     proc.wait()
+
+
+def _wait_blocked_in_read(pid, timeout=30.0):
+    """Until /proc says the child sits in read() (system call 0), not still in its write()."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/syscall" % pid, encoding="ascii") as handle:
+                if handle.read().split()[0] == "0":
+                    return
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError("the child never blocked in read()")
 
 
 def _still_answers(proc, word):
