@@ -1,0 +1,72 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) kvm_ras.poison_guard contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of kvm_ras.poison_guard.evacuation_page (documented in
+plugins/modules/evacuation_page.py): the evacuation report as an HTML page, on the controller.
+The page's content and chart are computed in plugins/plugin_utils/evacuation_page.py."""
+
+from __future__ import annotations
+
+import os
+
+import jinja2
+
+from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_page import DOCUMENTATION
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_page
+
+ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
+
+# The page template shipped with the collection (plugins/action/ -> collection root).
+DEFAULT_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
+                                "playbooks", "templates", "evacuation_report.html.j2")
+
+
+class ActionModule(ActionBase):
+    """Render the evacuation report as HTML and write it once."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    _supports_async = False
+
+    def _template_text(self, name):
+        if name:
+            try:
+                path = self._find_needle("templates", name)
+            except AnsibleError as exc:
+                raise AnsibleActionFail("html_template %r not found: %s" % (name, exc)) from exc
+        else:
+            path = os.path.normpath(DEFAULT_TEMPLATE)
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise AnsibleActionFail("cannot read the HTML template %s: %s" % (path, exc)) from exc
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp  # nothing is transferred
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        report = args["report"]
+        try:
+            evacuation_page.check_report(report)
+            path = evacuation_page.page_path(report, args["path"])
+            html = evacuation_page.render_html(report, self._template_text(args["html_template"]))
+            chart_mode = evacuation_page.timeline(report)["mode"]
+            if not self._task.check_mode:
+                evacuation_page.write_page(path, html)
+        except evacuation_page.PageInputError as exc:
+            raise AnsibleActionFail(str(exc)) from exc
+        except jinja2.TemplateError as exc:
+            raise AnsibleActionFail("the HTML template %s cannot be rendered: %s" % (
+                args["html_template"] or "evacuation_report.html.j2", exc)) from exc
+        except OSError as exc:
+            raise AnsibleActionFail("cannot write the evacuation page %s on the controller: %s" % (path, exc)) from exc
+        # The page is the run's record on the controller, not a change to a managed host
+        # (like the report files of evacuation_report).
+        result.update(changed=False, html_path=path, chart_mode=chart_mode)
+        return result
