@@ -29,7 +29,7 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.procinject.tr
 GP_ONLY = {"PTRACE_SEIZE", "PTRACE_INTERRUPT", "PTRACE_GETREGS", "PTRACE_SETREGS", "PTRACE_CONT",
            "PTRACE_SINGLESTEP", "PTRACE_DETACH", "PTRACE_GETSIGINFO"}
 CHILD = "import sys\nfor line in sys.stdin:\n    print('echo ' + line.strip(), flush=True)\n"
-BUSY = "while True:\n    pass\n"
+BUSY = "print('busy', flush=True)\nwhile True:\n    pass\n"
 
 
 def _libc_path(pid):
@@ -144,8 +144,10 @@ def test_a_faulting_call_is_reported_and_the_child_survives(child):
 
 
 def test_a_thread_running_user_code_is_not_used():
-    busy = subprocess.Popen([sys.executable, "-c", BUSY])
+    busy = subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE, text=True)
     try:
+        assert busy.stdout.readline().strip() == "busy"   # past start-up: no more system calls
+        time.sleep(0.2)
         with pytest.raises(InjectError, match="never found inside a system call"):
             with Tracee(busy.pid, attempts=5):
                 pass
