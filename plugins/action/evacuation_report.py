@@ -22,20 +22,44 @@ from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_report 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
 
+def _create_new(path, text):
+    """Create ``path`` with ``text``; False when anything (a file, a dangling symlink) is there.
+
+    O_EXCL|O_NOFOLLOW: an existing name, a symlink included, is never opened or followed.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o640)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return True
+
+
 def write_files(directory, basename, report, lines):
-    """Write <basename>.json and .txt (never overwriting an older report); return the paths."""
+    """Write <basename>.json and .txt (never overwriting an older report or anything else); return the paths."""
+    problem = evacuation.report_dir_problem(directory)
+    if problem:
+        raise OSError(problem)
     directory = os.path.abspath(os.path.expanduser(directory))
-    os.makedirs(directory, exist_ok=True)
-    stem, suffix = os.path.join(directory, basename), 0
-    while os.path.exists(stem + ".json") or os.path.exists(stem + ".txt"):
-        suffix += 1
-        stem = os.path.join(directory, "%s-%d" % (basename, suffix))
-    with open(stem + ".json", "w") as handle:
-        json.dump(report, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-    with open(stem + ".txt", "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    return {"json": stem + ".json", "text": stem + ".txt"}
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    if not os.path.isdir(directory):
+        raise OSError("%s is not a directory" % directory)
+    if "/" in basename or basename in ("", ".", ".."):
+        raise OSError("report name %r is not a file name" % basename)
+    body = json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
+    text = "\n".join(lines) + "\n"
+    for suffix in range(10000):
+        stem = os.path.join(directory, basename if suffix == 0 else "%s-%d" % (basename, suffix))
+        if os.path.lexists(stem + ".json") or os.path.lexists(stem + ".txt"):
+            continue
+        if not _create_new(stem + ".json", body):
+            continue
+        if not _create_new(stem + ".txt", text):
+            os.unlink(stem + ".json")
+            continue
+        return {"json": stem + ".json", "text": stem + ".txt"}
+    raise OSError("no free report file name for %s in %s" % (basename, directory))
 
 
 class ActionModule(ActionBase):
@@ -84,7 +108,8 @@ class ActionModule(ActionBase):
                              "ok": not item.get("failed") and not item.get("unreachable"),
                              "msg": item.get("msg")})
         run["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        report = evacuation.build_report(request, plan, outcomes, records, run, restored=restored)
+        report = evacuation.build_report(request, plan, outcomes, records, run, restored=restored,
+                                         resumed=args["resumed"])
         lines = evacuation.render_report(report)
         try:
             files = write_files(request["evacuate_report_dir"],

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import urllib.parse
 import xml.etree.ElementTree as ET
 
 try:  # the collection's one constant for QEMU's refusal; kept optional for standalone use
@@ -118,6 +120,7 @@ ALLOWED_URI_SCHEMES = ("qemu+tcp", "qemu+tls", "qemu+ssh", "qemu+libssh", "qemu+
 URI_RE = re.compile(r"^(?P<scheme>[a-z0-9+]+)://(?:(?P<user>[A-Za-z0-9_.\-]+)@)?(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\])"
                     r"(?::(?P<port>[0-9]{1,5}))?/(?P<path>system|session)(?:\?(?P<query>[A-Za-z0-9_=&%./\-]*))?$")
 URI_FORBIDDEN_PARAMS = ("command", "socket", "netcat", "proxy")
+URI_PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 VM_NAME_MAX = 255
 
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -279,14 +282,35 @@ def check_uri(label, uri, problems):
     if match.group("scheme") == "qemu" and not match.group("host"):
         problems.append("%s %r names no host" % (label, uri))
         return False
-    query = match.group("query") or ""
-    for part in query.split("&"):
-        key = part.split("=", 1)[0].lower()
-        if key in URI_FORBIDDEN_PARAMS:
-            problems.append("%s %r sets %r, which makes libvirt run a local command or socket: remove it"
+    for key in uri_param_names(match.group("query") or ""):
+        if not URI_PARAM_NAME_RE.match(key):
+            problems.append("%s %r has the parameter name %r, which is not a plain libvirt URI parameter "
+                            "name (letters, digits and '_' once %%-escapes are decoded): write it plainly"
                             % (label, uri, key))
             return False
+        if key.lower() in URI_FORBIDDEN_PARAMS:
+            problems.append("%s %r sets %r, which makes libvirt run a local command or socket: remove it"
+                            % (label, uri, key.lower()))
+            return False
     return True
+
+
+def uri_param_names(query):
+    """The parameter names of a URI query as libvirt sees them.
+
+    libvirt's virURIParseParams splits the query at '&' and ';' and %-decodes each name
+    (xmlURIUnescapeString) before the remote driver compares it, case-insensitively, with
+    ``command``, ``socket``, ``netcat``, ``proxy``...; a decoded NUL ends the C string there.
+    So ``comm%61nd`` and ``COMMAND`` are ``command`` to libvirt, and so they are here.
+    """
+    names = []
+    for part in re.split(r"[&;]", query or ""):
+        if part == "":
+            continue
+        raw = part.split("=", 1)[0]
+        name = urllib.parse.unquote(raw, encoding="utf-8", errors="replace")
+        names.append(name.split("\x00", 1)[0] if "\x00" in name else name)
+    return names
 
 
 def validate_request(raw, inventory_hosts, groups, hostvars=None, forks=None):
@@ -335,8 +359,12 @@ def validate_request(raw, inventory_hosts, groups, hostvars=None, forks=None):
 
     report_dir = given("evacuate_report_dir")
     report_dir = DEFAULTS["evacuate_report_dir"] if report_dir is None else report_dir
-    if not isinstance(report_dir, str) or "\x00" in report_dir:
+    if not isinstance(report_dir, str) or "\x00" in report_dir or report_dir.strip() == "":
         problems.append("evacuate_report_dir must be a directory path on the controller, got %r" % (report_dir,))
+    else:
+        problem = report_dir_problem(report_dir)
+        if problem:
+            problems.append(problem)
     request["evacuate_report_dir"] = report_dir
 
     template = given("migration_uri_template")
@@ -420,6 +448,24 @@ def validate_request(raw, inventory_hosts, groups, hostvars=None, forks=None):
     if problems:
         raise EvacuationInputError(problems)
     return request
+
+
+def report_dir_problem(path):
+    """Why ``path`` is refused as evacuate_report_dir, or None.
+
+    A relative path is taken from the working directory and must stay inside it; no path may
+    climb with '..' (``../../x`` or ``/srv/reports/../../etc``), so the report lands where the
+    operator reads it and nowhere else.
+    """
+    parts = path.replace("\\", "/").split("/")
+    if ".." in parts:
+        return ("evacuate_report_dir %r climbs out of its directory with '..': give a path inside the "
+                "working directory (e.g. evacuation-reports) or an absolute path without '..'" % path)
+    if not os.path.isabs(os.path.expanduser(path)):
+        normal = os.path.normpath(path)
+        if normal.startswith(".." + os.sep) or normal == "..":
+            return "evacuate_report_dir %r leaves the working directory: give a path inside it" % path
+    return None
 
 
 def misspelt_inputs(names):
@@ -897,6 +943,13 @@ def vm_outcome(vm, results):
     results = results or {}
     out = {"name": vm["name"], "action": vm["action"], "target": vm.get("target"), "result": "not_started",
            "failure_class": None, "message": None, "duration_s": None, "steps": [], "recheck_status": None}
+    entry = results.get("journal")
+    if _ran(entry) and _failed(entry):
+        out["steps"].append("journal entry on the source: failed")
+        out.update(result="not_moved", failure_class="unreachable" if entry.get("unreachable") else "journal",
+                   message="not moved: its journal entry could not be written on the source (%s)"
+                   % (_message(entry) or "no answer"))
+        return out
     reboot = results.get("reboot")
     if _ran(reboot):
         out["steps"].append("reboot (%s): %s" % (reboot.get("mode") or "?", "failed" if _failed(reboot) else "done"))
@@ -1007,6 +1060,10 @@ def verify(plan, outcomes, states):
                 problems.append("its persistent definition is missing on the source")
             if unknown:
                 notes.append("could not ask %s" % ", ".join(unknown))
+        elif len(running) == 1 and source in unknown:
+            status = ST_UNVERIFIED
+            problems.append("runs on %s, but the source %s could not be asked, so it is not verified that the "
+                            "source no longer runs or defines it" % (running[0], source))
         elif len(running) == 1:
             host = running[0]
             status = ST_MIGRATED
@@ -1014,6 +1071,9 @@ def verify(plan, outcomes, states):
                 notes.append("runs on %s, planned for %s" % (host, vm["target"]))
             if source in defined:
                 problems.append("still defined on the source %s: it could be started twice" % source)
+            elif vm["persistent"] and source in no_defs:
+                problems.append("libvirt on the source %s did not answer, so it is not verified that the source "
+                                "no longer defines it" % source)
             if vm["persistent"] and host in no_defs:
                 problems.append("its definition on %s could not be checked (libvirt not answering)" % host)
             elif vm["persistent"] and host not in defined:
@@ -1057,10 +1117,18 @@ def restore_candidates(plan, states):
 
 # --------------------------------------------------------------------------- report --
 
-def build_report(request, plan, outcomes, records, run, restored=None):
+def resumed_items(resumed):
+    """The journal entries an interrupted run left, as this run finished them (evacuation_journal's
+    ``resumed``), trimmed to what the report shows."""
+    keys = ("name", "uuid", "operation", "run_id", "target", "started_at", "found", "action", "ok", "message")
+    return [{k: item.get(k) for k in keys} for item in resumed or [] if isinstance(item, dict)]
+
+
+def build_report(request, plan, outcomes, records, run, restored=None, resumed=None):
     """The evacuation report: one dict, JSON-serialisable.
 
-    ``run``: {run_id, started_at, finished_at, controller, check_mode}.
+    ``run``: {run_id, started_at, finished_at, controller, check_mode}. ``resumed``: what this
+    run finished of the operations an interrupted run had in flight (evacuation_journal).
     """
     by_name = {o["name"]: o for o in outcomes or []}
     plan_by_name = {vm["name"]: vm for vm in plan["vms"]}
@@ -1104,6 +1172,7 @@ def build_report(request, plan, outcomes, records, run, restored=None):
         "vms": vms,
         "counts": counts,
         "restored": list(restored or []),
+        "resumed": resumed_items(resumed),
         "left_on_source": [v["name"] for v in vms if v["status"] in (ST_LEFT, ST_STAYED)],
         "source_empty": not any(plan["source"] in v["running_on"] for v in vms),
         "failed": decision["failed"],
@@ -1147,6 +1216,16 @@ def render_report(report):
         lines += _table(["VM", "STATUS", "ACTION", "TARGET", "RUNS ON", "DURATION", "REASON"], rows)
     else:
         lines.append("%s had no VMs: nothing to do." % report["source"])
+    if report.get("resumed"):
+        lines.append("")
+        lines.append("resumed from an interrupted run (its journal on the source):")
+        for item in report["resumed"]:
+            found = item.get("found") or "?"
+            lines.append("  %s (%s by run %s, target %s): found %s, %s%s" % (
+                _shown(item["name"] or "?"), item.get("operation") or "?", item.get("run_id") or "?",
+                item.get("target") or "-", found if found in ("nowhere", "?") else "on " + found,
+                item.get("action") or "?",
+                "" if item.get("ok") else " (NOT finished)") + (" - %s" % item["message"] if item.get("message") else ""))
     if report.get("restored"):
         lines.append("")
         lines.append("restarted after the run (they ran nowhere): %s" % ", ".join(

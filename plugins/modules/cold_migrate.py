@@ -18,8 +18,17 @@ description:
     down and boots again on the destination, so its running state is lost.
   - The destination must see the VM's disks at the same paths (shared storage, or copies the
     operator made). C(evacuate_host.yml) checks that before it picks a destination.
-  - If the VM cannot be started on the destination, its definition there is removed again and
-    the VM is started again on the source.
+  - If the VM cannot be started on the destination, its definition there is removed again.
+    The VM is started again on the source only when a fresh connection to the destination
+    confirms that the destination does not run it. When the destination cannot confirm that
+    (its libvirt does not answer, or it runs the VM after all), the VM is left shut off on the
+    source, so it never runs twice on the same disks, and the module fails with
+    RV(needs_operator=true) and what to check.
+  - The XML of a transient VM is kept in O(restore_dir) on the source while the VM is shut off,
+    so a VM that runs nowhere (the module's process killed, the host rebooted) can be started
+    again from it.
+  - Holds the VM's operation lock (under C(/run/kvm_ras/vm-locks)) while it works, so a resumed
+    evacuation waits for it and another run cannot act on the same VM at the same time.
   - Idempotent. A VM that runs on the destination and not on the source is left alone.
 author:
   - kvm_ras maintainers (@kvm-ras)
@@ -68,6 +77,12 @@ options:
       - Seconds to wait for the VM to run after starting it.
     type: int
     default: 60
+  restore_dir:
+    description:
+      - Directory on the source where the XML of a transient VM is kept while it is shut off
+        (C(<uuid>.xml), mode 0600). Removed once the VM runs again.
+    type: path
+    default: /var/lib/kvm_ras/restore
 notes:
   - A guest that ignores ACPI shutdown requests (no ACPI support, hung) needs O(force_off=true).
 """
@@ -106,6 +121,26 @@ restored:
   returned: always
   type: bool
   sample: false
+needs_operator:
+  description:
+    - True when the move failed and the destination could not confirm that it does not run the
+      VM, so the VM was left shut off on the source. The failure message says what to check and how
+      to start it.
+  returned: always
+  type: bool
+  sample: false
+destination_check:
+  description:
+    - What a fresh connection to the destination found after a failed start there,
+      C({answered, running, defined, error}); null when no check was needed.
+  returned: always
+  type: dict
+  sample: {answered: true, running: false, defined: false, error: null}
+restore_xml:
+  description: Where the XML of the transient VM is kept, when the module left it shut off.
+  returned: always
+  type: str
+  sample: /var/lib/kvm_ras/restore/3f0c1a8e-2b1e-4c55-9d1e-0a1b2c3d4e5f.xml
 duration_seconds:
   description: Seconds from the shutdown request until the VM ran on the destination.
   returned: always
@@ -117,7 +152,7 @@ failure:
   type: dict
   contains:
     class:
-      description: V(shutdown), V(destination) or V(other).
+      description: V(shutdown), V(destination), V(busy) (another operation holds the VM) or V(other).
       type: str
     message:
       description: The error message, unchanged.
@@ -130,6 +165,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers, journal
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import DEFAULT_LIBVIRT_URI
 
 LIBVIRT_IMPORT_ERROR = None
@@ -159,9 +195,52 @@ def wait_for(predicate, seconds):
         time.sleep(0.5)
 
 
+def forget(path):
+    """Remove a kept XML file once the VM runs again (a failure to remove it is harmless)."""
+    if path:
+        try:
+            host_markers.remove(path)
+        except host_markers.MarkerError:
+            pass
+
+
 def is_gone_or_off(conn, name):
     dom = lookup(conn, name)
     return dom is None or not dom.isActive()
+
+
+def destination_check(dest_uri, name, uuid):
+    """Ask the destination afresh (a new connection) whether it runs the VM.
+
+    Returns {answered, running, defined, error}. Only ``answered`` and not ``running`` proves
+    that the destination does not run it.
+    """
+    check = {"answered": False, "running": None, "defined": None, "error": None}
+    try:
+        conn = libvirt.open(dest_uri)
+    except libvirt.libvirtError as exc:
+        check["error"] = "a new connection to %s failed: %s" % (dest_uri, exc)
+        return check
+    try:
+        dom = None
+        try:
+            dom = conn.lookupByUUIDString(uuid) if uuid else None
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+        if dom is None:
+            dom = lookup(conn, name)
+        check["running"] = bool(dom is not None and dom.isActive())
+        check["defined"] = bool(dom is not None and dom.isPersistent())
+        check["answered"] = True
+    except libvirt.libvirtError as exc:
+        check["error"] = "%s did not answer whether it runs the VM: %s" % (dest_uri, exc)
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+    return check
 
 
 def main():
@@ -174,6 +253,7 @@ def main():
             force_off=dict(type="bool", default=False),
             undefine_source=dict(type="bool", default=True),
             wait=dict(type="int", default=60),
+            restore_dir=dict(type="path", default=journal.DEFAULT_RESTORE_DIR),
         ),
         supports_check_mode=True,
     )
@@ -183,7 +263,9 @@ def main():
     p = module.params
     name = p["name"]
     result = {"name": name, "changed": False, "migrated": False, "forced_off": False, "restored": False,
+              "needs_operator": False, "destination_check": None, "restore_xml": None,
               "running_on": "unknown", "duration_seconds": None, "failure": None}
+    op_lock = None
 
     def fail(klass, message, **extra):
         result.update(extra)
@@ -211,6 +293,7 @@ def main():
         if sdom is None:
             fail("other", "%r is neither on the source nor running on the destination" % name, running_on="none")
         persistent = bool(sdom.isPersistent())
+        uuid = sdom.UUIDString()
         flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
         if persistent:
             flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
@@ -220,12 +303,38 @@ def main():
             result["running_on"] = "source" if sdom.isActive() else "none"
             module.exit_json(**result)
 
+        op_lock = journal.OperationLock(journal.DEFAULT_VM_LOCK_DIR, name, uuid)
+        try:
+            taken = op_lock.acquire(timeout=0)
+        except host_markers.MarkerError as exc:
+            fail("other", "cannot take the operation lock of %r before shutting it down: %s" % (name, exc),
+                 running_on="source" if sdom.isActive() else "none", changed=False)
+        if not taken:
+            fail("busy", "another operation on %r is running on this host (its lock %s is held); nothing was "
+                 "changed: wait for it to end, then run again" % (name, op_lock.path),
+                 running_on="source" if sdom.isActive() else "none", changed=False)
+
+        saved = None
+        if not persistent:
+            # a transient VM that is shut off exists nowhere: keep its XML on the host first
+            saved = journal.restore_path(p["restore_dir"], name, uuid)
+            try:
+                host_markers.write_atomic(saved, xml.encode("utf-8"), mode=0o600, dir_mode=0o700)
+            except host_markers.MarkerError as exc:
+                fail("other", "cannot keep the XML of the transient VM %r before shutting it down, so it was "
+                     "not touched: %s" % (name, exc), running_on="source", changed=False)
+
         if sdom.isActive():
             sdom.shutdown()
             if not wait_for(lambda: is_gone_or_off(src, name), p["shutdown_timeout"]):
                 if not p["force_off"]:
+                    # the guest may still finish the shutdown it was asked for: a transient VM's XML stays kept
+                    result["restore_xml"] = saved
                     fail("shutdown", "%r did not shut down within %d s; it keeps running on the source "
-                         "(set force_off to power it off)" % (name, p["shutdown_timeout"]), running_on="source")
+                         "(set force_off to power it off)%s" % (
+                             name, p["shutdown_timeout"],
+                             "" if not saved else "; its XML is kept in %s in case the guest still shuts down" % saved),
+                         running_on="source")
                 sdom = lookup(src, name)
                 if sdom is not None and sdom.isActive():
                     sdom.destroy()
@@ -242,16 +351,35 @@ def main():
             if not wait_for(ddom.isActive, p["wait"]):
                 raise libvirt.libvirtError("%r was started on the destination but does not run" % name)
         except libvirt.libvirtError as exc:
-            message = str(exc)
+            message = "starting %r on the destination failed: %s" % (name, exc)
             try:
-                if defined_here:
-                    stray = lookup(dst, name)
-                    if stray is not None:
-                        if stray.isActive():
-                            stray.destroy()
+                stray = lookup(dst, name)
+                if stray is not None:
+                    if stray.isActive():
+                        stray.destroy()
+                    if defined_here and stray.isPersistent():
                         stray.undefine()
-            except libvirt.libvirtError:
-                pass
+            except libvirt.libvirtError as exc2:
+                message += "; removing it there again failed: %s" % exc2
+            # Start it on the source only when the destination, asked afresh, does not run it.
+            check = destination_check(p["dest_uri"], name, uuid)
+            result["destination_check"] = check
+            if not check["answered"] or check["running"]:
+                result["needs_operator"] = True
+                result["restore_xml"] = saved
+                if check["answered"]:
+                    why = "the destination runs it after all"
+                    where = "destination"
+                else:
+                    why = "the destination could not confirm that it does not run it (%s)" % check["error"]
+                    where = "unknown"
+                fail("destination", "CRITICAL: %s; %s, so it was left shut off on the source to never run twice "
+                     "on the same disks. The operator decides: check the destination (virsh -c %s domstate %s); "
+                     "if it does not run there, start it on the source (virsh start %s%s), else remove its "
+                     "definition on the source" % (
+                         message, why, p["dest_uri"], name, name,
+                         "" if persistent else "; transient: virsh create %s" % saved),
+                     running_on=where)
             try:
                 again = lookup(src, name)
                 if again is not None:
@@ -260,10 +388,15 @@ def main():
                     src.createXML(xml, 0)
                 result["restored"] = True
                 where = "source"
+                forget(saved)
             except libvirt.libvirtError as exc2:
                 where = "none"
+                result["restore_xml"] = saved
                 message += "; CRITICAL: starting it again on the source failed too: %s" % exc2
-            fail("destination", "starting %r on the destination failed: %s" % (name, message), running_on=where)
+                if saved:
+                    message += " (its XML is kept in %s)" % saved
+            fail("destination", message, running_on=where)
+        forget(saved)
 
         result["duration_seconds"] = round(time.time() - started, 3)
         result["migrated"] = True
@@ -279,6 +412,8 @@ def main():
     except libvirt.libvirtError as exc:
         fail("other", "libvirt failed while cold-migrating %r: %s" % (name, exc))
     finally:
+        if op_lock is not None:
+            op_lock.release()
         for conn in (src, dst):
             try:
                 conn.close()

@@ -71,12 +71,11 @@ path:
   sample: /var/lib/kvm_ras/cordon.json
 """
 
-import json
-import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import (
     DEFAULT_CORDON_PATH,
     cordon_record,
@@ -84,16 +83,11 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation im
 
 
 def read_marker(path):
-    try:
-        with open(path) as handle:
-            text = handle.read(65536)
-    except FileNotFoundError:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        record = None
-    return record if isinstance(record, dict) else {"cordoned": True, "reason": "unreadable marker file"}
+    """The marker, None when there is none; an unreadable one counts as cordoned (its content is never shown)."""
+    record, _problem = host_markers.read_json_marker(path)
+    if record is not None and record.get("unreadable") is not None:
+        return {"cordoned": True, "reason": "unreadable marker file: %s" % record["unreadable"]}
+    return record
 
 
 def main():
@@ -114,20 +108,19 @@ def main():
             module.exit_json(changed=False, cordon={}, path=path)
         if not module.check_mode:
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                host_markers.remove(path)
+            except host_markers.MarkerError as exc:
+                module.fail_json(msg=str(exc), cordon=existing, path=path)
         module.exit_json(changed=True, cordon=existing, path=path)
     if existing is not None:
         module.exit_json(changed=False, cordon=existing, path=path)
     record = cordon_record(p["reason"], p["by"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if not module.check_mode:
-        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-        tmp = "%s.%d.tmp" % (path, os.getpid())
-        with open(tmp, "w") as handle:
-            json.dump(record, handle)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
+        try:
+            # readable by everyone (external schedulers read it), written only by root
+            host_markers.write_json_atomic(path, record, mode=0o644, dir_mode=0o755)
+        except host_markers.MarkerError as exc:
+            module.fail_json(msg="cannot cordon the host: %s" % exc, cordon={}, path=path)
     module.exit_json(changed=True, cordon=record, path=path)
 
 

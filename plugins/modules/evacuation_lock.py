@@ -102,13 +102,11 @@ path:
   sample: /run/kvm_ras/evacuation.lock
 """
 
-import errno
-import json
-import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import (
     DEFAULT_LOCK_PATH,
     LOCK_ACQUIRE,
@@ -120,16 +118,9 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation im
 
 
 def read_lock(path):
-    try:
-        with open(path) as handle:
-            text = handle.read(65536)
-    except FileNotFoundError:
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return {"unreadable": "not JSON: %r" % text[:80]}
-    return record if isinstance(record, dict) else {"unreadable": "not a JSON object"}
+    """The lock record, None when free, or {"unreadable": why} (never the file's content)."""
+    record, _problem = host_markers.read_json_marker(path)
+    return record
 
 
 def make_record(owner, info, now):
@@ -137,28 +128,6 @@ def make_record(owner, info, now):
     record.update({"owner": owner, "since": now,
                    "since_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
     return record
-
-
-def create_exclusive(path, record):
-    """Create the lock file; False when it already exists (someone else was faster)."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.EEXIST:
-            return False
-        raise
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle)
-    return True
-
-
-def replace(path, record):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as handle:
-        json.dump(record, handle)
-    os.chmod(tmp, 0o600)
-    os.rename(tmp, path)
 
 
 def main():
@@ -190,9 +159,9 @@ def main():
             module.exit_json(changed=False, decision="held_by_other", lock=existing, path=path)
         if not module.check_mode:
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                host_markers.remove(path)
+            except host_markers.MarkerError as exc:
+                module.fail_json(msg=str(exc), decision="release", lock=existing, path=path)
         module.exit_json(changed=True, decision="release", lock=existing, path=path)
 
     now = time.time()
@@ -204,15 +173,20 @@ def main():
     record = make_record(owner, p["info"], now)
     if module.check_mode:
         module.exit_json(changed=True, decision=decision, lock=record, path=path, msg=message)
+    try:
+        if decision == LOCK_ACQUIRE:
+            created = host_markers.create_exclusive(path, record, mode=0o600, dir_mode=0o700)
+        else:  # LOCK_BREAK
+            module.warn(message)
+            host_markers.write_json_atomic(path, record, mode=0o600, dir_mode=0o700)
+    except host_markers.MarkerError as exc:
+        module.fail_json(msg="cannot take the evacuation lock: %s" % exc, decision=decision, lock=existing, path=path)
     if decision == LOCK_ACQUIRE:
-        if not create_exclusive(path, record):
+        if not created:
             raced = read_lock(path) or {}
             _decision, message = lock_decision(raced, owner, now)
             module.fail_json(msg=message, decision=LOCK_REFUSE, lock=raced, path=path)
         module.exit_json(changed=True, decision=decision, lock=record, path=path)
-    # LOCK_BREAK
-    module.warn(message)
-    replace(path, record)
     module.exit_json(changed=True, decision=LOCK_BREAK, lock=record, previous=existing, path=path, msg=message)
 
 

@@ -21,12 +21,15 @@ description:
     persistent) and no longer on the source. A VM runs nowhere (V(down)), twice (V(duplicate)),
     or could not be verified (V(unverified)) because a host that might run it did not answer.
     The QEMU process list of a host whose libvirt is down counts as an answer for where a VM
-    runs, not for its definition.
+    runs, not for its definition. A VM that runs on a target while the source could not be
+    asked is V(unverified), never V(migrated).
   - Lists in RV(restore) the VMs that ran on the source at the start, now run nowhere, and are
     still defined on a reachable host, so the playbook can start them again before the final
     report.
   - With O(write=true), writes the report as JSON and as a table (C(<source>-<UTC time>.json)
-    and C(.txt)) to the request's C(evacuate_report_dir) on the controller. Sets
+    and C(.txt)) to the request's C(evacuate_report_dir) on the controller. The files are
+    created new (C(O_EXCL|O_NOFOLLOW)), never written through an existing name or symlink, and
+    a directory that climbs with C(..) is refused. Sets
     RV(evacuation_failed) by the exit rule. The evacuation fails when a VM stayed behind that the
     operator did not ask to leave, runs nowhere or twice, could not be verified, or has a
     definition in the wrong place. VMs left on purpose, by policy or by C(evacuate_leave_vms),
@@ -76,6 +79,13 @@ options:
     type: list
     elements: dict
     default: []
+  resumed:
+    description:
+      - RV(kvm_ras.poison_guard.evacuation_journal#module:resumed) of the run, that is the operations an
+        interrupted run had in flight and this run finished first. The report lists them under C(resumed).
+    type: list
+    elements: dict
+    default: []
   write:
     description: Write the report files and apply the exit rule.
     type: bool
@@ -109,6 +119,8 @@ report:
       C(name), C(status) (V(migrated), V(left), V(stayed), V(not_running), V(down),
       V(duplicate), V(unverified)), C(action), C(target), C(running_on), C(defined_on),
       C(duration_s), C(failure_class), C(reason), C(steps), C(problems), C(notes), C(evidence).
+    - C(resumed) lists what the run finished first of an interrupted run, one item per journal entry
+      with C(name), C(operation), C(run_id), C(target), C(found), C(action), C(ok) and C(message).
   returned: when O(write=true)
   type: dict
   sample:

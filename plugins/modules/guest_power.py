@@ -49,9 +49,20 @@ options:
       - Seconds to wait for the VM to run again (V(restarted), V(running)).
     type: int
     default: 60
+  restore_dir:
+    description:
+      - Directory on the host where V(restarted) keeps the XML of a transient VM while it is
+        powered off (C(<uuid>.xml), mode 0600, written atomically before the power-off and
+        removed once the VM runs again). When the VM does not start again, the file stays
+        and the failure message names it (C(virsh create <file>) starts the VM from it).
+    type: path
+    default: /var/lib/kvm_ras/restore
 notes:
   - V(restarted) first asks QEMU to exit (SIGTERM, so it can flush disk caches), then forces
-    the power-off when that does not work. A transient VM is started again from its XML.
+    the power-off when that does not work. A transient VM is started again from its XML, which
+    is kept on the host (O(restore_dir)) until it runs again.
+  - V(restarted) holds the VM's operation lock (under C(/run/kvm_ras/vm-locks)) while it works;
+    a second operation on the same VM fails instead of racing it.
 """
 
 EXAMPLES = r"""
@@ -97,6 +108,13 @@ pid_after:
   returned: always
   type: int
   sample: 5120
+restore_xml:
+  description:
+    - Where the XML of the transient VM is kept, when V(restarted) powered it off and it did not
+      run again (null otherwise).
+  returned: always
+  type: str
+  sample: /var/lib/kvm_ras/restore/3f0c1a8e-2b1e-4c55-9d1e-0a1b2c3d4e5f.xml
 """
 
 import time
@@ -104,6 +122,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers, journal
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import DEFAULT_LIBVIRT_URI
 
 LIBVIRT_IMPORT_ERROR = None
@@ -143,6 +162,19 @@ def power_off(dom):
             dom.destroy()
 
 
+def untouched(result):
+    """The result of a restart refused before anything changed: the VM still runs."""
+    result.update({"changed": False, "running": True})
+    return result
+
+
+def restore_hint(saved, uri):
+    if not saved:
+        return ""
+    return ("; it is transient and its XML is kept in %s on this host: start it with "
+            "virsh -c %s create %s" % (saved, uri, saved))
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -150,6 +182,7 @@ def main():
             state=dict(type="str", choices=["running", "reset", "restarted"], default="running"),
             libvirt_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
             wait=dict(type="int", default=60),
+            restore_dir=dict(type="path", default=journal.DEFAULT_RESTORE_DIR),
         ),
         supports_check_mode=True,
     )
@@ -160,7 +193,8 @@ def main():
     name, state = p["name"], p["state"]
     mode = {"reset": "reset", "restarted": "restart"}.get(state)
     result = {"name": name, "state": state, "mode": mode, "changed": False, "pid_before": qemu_pid(name),
-              "pid_after": None, "running": False}
+              "pid_after": None, "running": False, "restore_xml": None}
+    op_lock = None
     try:
         conn = libvirt.open(p["libvirt_uri"])
     except libvirt.libvirtError as exc:
@@ -195,7 +229,28 @@ def main():
             result.update(running=bool(dom.isActive()), pid_after=qemu_pid(name))
             module.exit_json(**result)
         persistent = bool(dom.isPersistent())
-        xml = None if persistent else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+        uuid = dom.UUIDString()
+        op_lock = journal.OperationLock(journal.DEFAULT_VM_LOCK_DIR, name, uuid)
+        try:
+            taken = op_lock.acquire(timeout=0)
+        except host_markers.MarkerError as exc:
+            module.fail_json(msg="cannot take the operation lock of %r before the restart, nothing was changed: %s"
+                             % (name, exc), **untouched(result))
+        if not taken:
+            module.fail_json(msg="another operation on %r is running on this host (its lock %s is held); nothing "
+                             "was changed: wait for it to end, then run again" % (name, op_lock.path),
+                             **untouched(result))
+        xml = saved = None
+        if not persistent:
+            # A transient VM that is powered off exists nowhere: keep its XML on the host first,
+            # so that it can be started again whatever happens to this process.
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+            saved = journal.restore_path(p["restore_dir"], name, uuid)
+            try:
+                host_markers.write_atomic(saved, xml.encode("utf-8"), mode=0o600, dir_mode=0o700)
+            except host_markers.MarkerError as exc:
+                module.fail_json(msg="cannot keep the XML of the transient VM %r before powering it off, so it "
+                                 "was not touched: %s" % (name, exc), **untouched(result))
         power_off(dom)
         try:
             if persistent:
@@ -203,16 +258,26 @@ def main():
             else:
                 dom = conn.createXML(xml, 0)
         except libvirt.libvirtError as exc:
-            module.fail_json(msg="CRITICAL: %r was powered off for the restart and did not start again: %s"
-                             % (name, exc), **result)
+            result["restore_xml"] = saved
+            module.fail_json(msg="CRITICAL: %r was powered off for the restart and did not start again: %s%s"
+                             % (name, exc, restore_hint(saved, p["libvirt_uri"])), **result)
         result["running"] = wait_running(dom, p["wait"])
         result["pid_after"] = qemu_pid(name)
         if not result["running"]:
-            module.fail_json(msg="CRITICAL: %r was restarted but does not run after %d s" % (name, p["wait"]), **result)
+            result["restore_xml"] = saved
+            module.fail_json(msg="CRITICAL: %r was restarted but does not run after %d s%s"
+                             % (name, p["wait"], restore_hint(saved, p["libvirt_uri"])), **result)
+        if saved:
+            try:
+                host_markers.remove(saved)
+            except host_markers.MarkerError as exc:
+                module.warn("%r runs again, but its kept XML could not be removed: %s" % (name, exc))
         module.exit_json(**result)
     except libvirt.libvirtError as exc:
         module.fail_json(msg="libvirt failed on %r: %s" % (name, exc), **result)
     finally:
+        if op_lock is not None:
+            op_lock.release()
         try:
             conn.close()
         except libvirt.libvirtError:

@@ -199,12 +199,12 @@ libvirt_ok:
   sample: true
 """
 
-import json
 import os
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import (
     DEFAULT_CORDON_PATH,
     DEFAULT_LIBVIRT_URI,
@@ -227,19 +227,12 @@ ACTIVE_STATES = (1, 2, 3, 4, 7)
 
 
 def read_json_file(path):
-    """(record or None, problem or None) of a small JSON marker file."""
-    try:
-        with open(path) as handle:
-            text = handle.read(65536)
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, "%s: %s" % (path, exc.strerror or exc)
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return {"unreadable": "not JSON"}, None
-    return (record if isinstance(record, dict) else {"unreadable": "not a JSON object"}), None
+    """(record or None, problem or None) of a small JSON marker file (never its raw content).
+
+    A file that exists but cannot be read (a symlink, a directory, no permission) counts as
+    present, with ``unreadable`` saying why: a lock or cordon nobody can read is not absent.
+    """
+    return host_markers.read_json_marker(path)
 
 
 def qemu_processes(proc_root):

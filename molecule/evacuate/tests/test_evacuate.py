@@ -14,7 +14,16 @@ and idempotence):
    plain ptrace; the poison lab covers real kernel hwpoison) stays on its host with poisoned_vm_policy=leave and QEMU's
    refusal as the reason, then moves with reboot_then_migrate;
 5. a target's libvirtd is stopped in the middle of an evacuation: the run fails and names
-   the VMs it could not move or verify, and once libvirtd is back every guest runs exactly once.
+   the VMs it could not move or verify, and once libvirtd is back every guest runs exactly once;
+6. the controller's ansible-playbook (its whole process group) is killed with SIGKILL while
+   migrations run: the dead run leaves its lock and its journal on the source; the re-run (with
+   evacuate_break_lock=true, as the lock's message says) finishes what was in flight first, its
+   report says what it resumed, every guest runs exactly once and the lock is released;
+7. the source becomes unreachable for the controller in the middle of a run (its container is
+   renamed, so ``docker exec`` finds no container while its libvirtd, QEMUs and migrations go
+   on, as a host behind a cut management network does): the run fails with a message that says
+   the lock and journal stay and how to finish, its report claims no success, and the re-run
+   finishes the evacuation.
 
 Docker and libvirt are asked directly (argv lists, never a shell), so the guest whose name
 holds ``$(touch .pwned)`` stays data everywhere.
@@ -25,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -52,6 +62,7 @@ UPSTREAM_REFUSAL = ("Can't migrate this vm with hardware poisoned memory, please
                     "and try again")
 CORDON_FILE = "/var/lib/kvm_ras/cordon.json"
 LOCK_FILE = "/run/kvm_ras/evacuation.lock"
+JOURNAL_DIR = "/var/lib/kvm_ras/journal"
 TICK = re.compile(r"^tick (\d+)\r?$", re.M)
 LOG_STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\+0000: "
 STARTING_UP = re.compile(LOG_STAMP + r"starting up", re.M)
@@ -114,14 +125,19 @@ def report_files():
     return sorted(REPORTS.glob("*.json")) if REPORTS.is_dir() else []
 
 
-def playbook(name, extra, check=False, timeout=900):
-    """Run a playbook of the collection against the scenario's inventory; extra vars as JSON."""
-    vars_file = EPHEMERAL / ("extra-vars-%s.json" % uuid.uuid4().hex)
-    vars_file.write_text(json.dumps(extra))
+def playbook_argv(name, vars_file, check=False):
     argv = [str(BIN / "ansible-playbook"), "-i", INVENTORY, str(REPO / "playbooks" / name),
             "-e", "@%s" % vars_file]
     if check:
         argv.append("--check")
+    return argv
+
+
+def playbook(name, extra, check=False, timeout=900):
+    """Run a playbook of the collection against the scenario's inventory; extra vars as JSON."""
+    vars_file = EPHEMERAL / ("extra-vars-%s.json" % uuid.uuid4().hex)
+    vars_file.write_text(json.dumps(extra))
+    argv = playbook_argv(name, vars_file, check=check)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=str(EPHEMERAL), timeout=timeout,
                               check=False)
@@ -427,3 +443,146 @@ def test_target_libvirtd_stopped_mid_run_loses_no_vm_and_the_report_names_the_fa
             time.sleep(1)
     assert domains(target) is not None, "libvirtd on %s did not come back" % target
     assert_every_guest_runs_once()
+
+
+# ------------------------------------------- 6. the controller is killed mid-run, re-run --
+
+def uncordon_all():
+    for host in HOSTS:
+        if docker_exec(host, "test", "-e", CORDON_FILE, check=False).returncode == 0:
+            uncordon(host)
+
+
+def journal_entries(host):
+    proc = docker_exec(host, "find", JOURNAL_DIR, "-maxdepth", "1", "-name", "*.json", "-print", check=False)
+    return sorted(line for line in proc.stdout.splitlines() if line)
+
+
+def busiest_source():
+    """The host with the most guests, the other two as targets, and the guests that will move."""
+    order, count = hosts_with_guests()
+    source = order[0]
+    moving = sorted(n for n, hosts in placement().items() if hosts == [source])
+    assert len(moving) >= 2, count
+    return source, [h for h in HOSTS if h != source], moving
+
+
+def report_text(report):
+    """The .txt twin of a report (the run id identifies its JSON file)."""
+    for path in report_files():
+        if json.loads(path.read_text())["run"]["run_id"] == report["run"]["run_id"]:
+            return path.with_suffix(".txt").read_text()
+    raise AssertionError("no report file of run %s" % report["run"]["run_id"])
+
+
+def wait_for_first_arrival(targets, moving, deadline_s=300):
+    """Block until a guest of ``moving`` is active on a target: its migration has started
+    (libvirt creates the incoming domain, paused, when the migration begins)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for target in targets:
+            arrived = domains(target) or {}
+            hit = sorted(n for n, state in arrived.items() if n in moving and state["active"])
+            if hit:
+                return target, hit
+        time.sleep(0.1)
+    return None, None
+
+
+def test_killed_controller_leaves_a_journal_and_the_rerun_finishes_every_vm_exactly_once():
+    uncordon_all()
+    source, targets, moving = busiest_source()
+    reports_before = set(report_files())
+    vars_file = EPHEMERAL / ("extra-vars-%s.json" % uuid.uuid4().hex)
+    vars_file.write_text(json.dumps({"evacuate_source": source, "evacuate_targets": targets, "max_parallel": 2,
+                                     "evacuate_report_dir": str(REPORTS)}))
+    # its own process group, so SIGKILL reaches ansible-playbook, its forks and their docker exec
+    # clients at once, as when a job runner kills the job
+    dead = subprocess.Popen(playbook_argv("evacuate_host.yml", vars_file), cwd=str(EPHEMERAL),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        target, arrived = wait_for_first_arrival(targets, moving)
+        os.killpg(dead.pid, signal.SIGKILL)
+    finally:
+        if dead.poll() is None:
+            os.killpg(dead.pid, signal.SIGKILL)
+        dead.wait(timeout=60)
+        vars_file.unlink()
+    assert arrived, "no guest of %s reached a target: the controller was killed before any migration" % source
+    assert set(report_files()) == reports_before, "the killed run wrote a report"
+    assert docker_exec(source, "test", "-e", LOCK_FILE, check=False).returncode == 0, "the dead run's lock vanished"
+    left = journal_entries(source)
+    assert left, "the dead run left no journal entry although %r was migrating to %s" % (arrived, target)
+
+    proc, report = evacuate(source, evacuate_targets=targets, max_parallel=2, evacuate_break_lock=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert report is not None and report["failed"] is False, output[-4000:]
+    resumed = report["resumed"]
+    assert resumed and all(item["ok"] for item in resumed), resumed
+    assert {item["name"] for item in resumed} <= set(moving), resumed
+    assert len(resumed) >= len(left), (resumed, left)  # a begin already under way may land after the kill
+    text = report_text(report)
+    assert "resumed from an interrupted run" in text, text
+    for item in resumed:
+        assert item["name"] in text or json.dumps(item["name"])[1:-1] in text, item["name"]
+    # every guest runs exactly once, counted by libvirt and by the QEMU processes themselves
+    where = assert_every_guest_runs_once()
+    assert all(qemu_processes().get(name) == 1 for name in GUESTS), qemu_processes()
+    assert not any(source in hosts for hosts in where.values()), where
+    assert domains(source) == {}, "the source still holds VMs"
+    assert docker_exec(source, "test", "-e", LOCK_FILE, check=False).returncode != 0, "the lock was not released"
+    assert journal_entries(source) == []
+
+
+# ------------------------------------------------ 7. the source unreachable mid-run --
+
+def test_source_unreachable_mid_run_fails_clearly_keeps_lock_and_journal_and_a_rerun_finishes():
+    uncordon_all()
+    source, targets, moving = busiest_source()
+    away = "%s-away-%s" % (source, uuid.uuid4().hex[:6])
+    cut = {}
+
+    def cut_the_source_after_the_first_arrival():
+        target, arrived = wait_for_first_arrival(targets, moving)
+        if arrived:
+            subprocess.run(["docker", "rename", source, away], check=True, capture_output=True, timeout=60)
+            cut["after"] = arrived
+
+    watcher = threading.Thread(target=cut_the_source_after_the_first_arrival, daemon=True)
+    watcher.start()
+    try:
+        proc, report = evacuate(source, evacuate_targets=targets, max_parallel=1)
+    finally:
+        watcher.join(timeout=320)
+        if cut:
+            subprocess.run(["docker", "rename", away, source], check=True, capture_output=True, timeout=60)
+    output = proc.stdout + proc.stderr
+    assert cut, "no guest reached a target: the source was never cut off"
+    assert proc.returncode != 0, output[-4000:]
+    # a clear failure that says what stays and how to finish
+    assert "could not be reached" in output, output[-4000:]
+    assert "evacuation lock" in output and "journal" in output, output[-4000:]
+    assert "evacuate_break_lock=true" in output and "evacuate_source=%s" % source in output, output[-4000:]
+    # no claim of success
+    assert "evacuation done" not in output, output[-4000:]
+    assert report is None or report["failed"] is True, report and report["msg"]
+    if report is not None:
+        assert any(vm["status"] == "unverified" for vm in report["vms"]), report["vms"]
+        assert "FAILED" in report_text(report)
+    # the lock stays (the release could not reach the source)
+    assert docker_exec(source, "test", "-e", LOCK_FILE, check=False).returncode == 0
+    # nothing was lost or duplicated meanwhile
+    processes = qemu_processes()
+    assert all(processes.get(name) == 1 for name in GUESTS), processes
+
+    proc, report = evacuate(source, evacuate_targets=targets, max_parallel=2, evacuate_break_lock=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert report is not None and report["failed"] is False, output[-4000:]
+    assert all(item["ok"] for item in report["resumed"]), report["resumed"]
+    assert_every_guest_runs_once()
+    assert all(qemu_processes().get(name) == 1 for name in GUESTS), qemu_processes()
+    assert domains(source) == {}, "the source still holds VMs"
+    assert docker_exec(source, "test", "-e", LOCK_FILE, check=False).returncode != 0, "the lock was not released"
+    assert journal_entries(source) == []
