@@ -7,7 +7,8 @@ sysfs / boot / QEMU-log / kernel-log tree, built with the project's fixture buil
 (tests/fixtures/procfs), which writes the encodings real kernels and QEMU showed:
 
 - clean hosts: ``scenarios.clean_host`` (two libvirt-started QEMUs, every RAM page present,
-  HardwareCorrupted 0 kB), with an empty kernel log file;
+  HardwareCorrupted 0 kB), with an empty kernel log file; written once and hard-linked for the
+  other clean hosts (the scan only reads the trees), so 1000 hosts take seconds;
 - a few poisoned hosts, alternating ``scenarios.kvmmce_61`` (Debian 6.1 hwpoison entry
   0x40800000001f28ba, QEMU's "Guest MCE Memory Error" line, the kernel's SIGBUS line) and
   ``scenarios.hwpoison_612`` (Debian 6.12 type-27 entry, per-node memory_failure counters).
@@ -16,12 +17,13 @@ poison_info reads only the host's tree: ``proc_root``, ``sys_root``, ``boot_dir`
 ``qemu_log_dir`` and ``kernel_log`` point into it and ``libvirt_uri`` is empty (procfs-only
 discovery), so nothing of the machine running the benchmark leaks into the report.
 
-Prints both wall times and the ratio report/ping (goal: <= 2.0), then checks the report: it
+Prints both wall times and the ratio report/ping (goal: <= 2.0), with ``--profile`` also the
+wall time of each report task (ansible.posix.profile_tasks), then checks the report: it
 must validate against schemas/fleet_report.schema.json, list every host, hold every poisoned
 fixture VM as poisoned and no VM of a clean fixture. Exits non-zero when a check fails (and,
 with --enforce-goal, when the ratio misses the goal).
 
-    .venv/bin/python benchmarks/fleet.py [--hosts 200] [--poisoned 6] [--forks 20]
+    .venv/bin/python benchmarks/fleet.py [--hosts 200] [--poisoned 6] [--forks 20] [--profile]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,12 +70,47 @@ def poisoned_indices(hosts, poisoned):
     return {1 + (step // 2) + i * step for i in range(poisoned) if 1 + (step // 2) + i * step <= hosts}
 
 
+class HostPaths:
+    """Where one simulated host's fixture tree lives (the paths of procfs_builder.Tree)."""
+
+    def __init__(self, root):
+        self.root = root
+        self.proc_root = os.path.join(root, "proc")
+        self.sys_root = os.path.join(root, "sys")
+        self.boot_dir = os.path.join(root, "boot")
+        self.log_dir = os.path.join(root, "log")
+        self.kmsg_path = os.path.join(root, "kmsg.txt")
+
+
+def link_tree(template, root):
+    """Copy the fixture tree ``template`` to ``root`` with hard links (the scan only reads it;
+    the pagemap files are sparse and must not be expanded), re-pointing symlinks that lead
+    into the template (``/proc/PID/exe``, ``fd/2``) at the copy."""
+    prefix = template.rstrip(os.sep) + os.sep
+    for directory, dirs, files in os.walk(template):
+        target_dir = os.path.join(root, os.path.relpath(directory, template))
+        os.makedirs(target_dir, exist_ok=True)
+        for name in dirs + files:
+            source = os.path.join(directory, name)
+            target = os.path.join(target_dir, name)
+            if os.path.islink(source):
+                link = os.readlink(source)
+                if link.startswith(prefix):
+                    link = os.path.join(root, link[len(prefix):])
+                os.symlink(link, target)
+            elif name in files:
+                os.link(source, target)
+
+
 def build_fleet(root, hosts=200, poisoned=6):
     """Write one fixture tree per host under ``root``; returns ``{host: spec}`` where spec has
-    ``tree`` (the written Tree), ``poisoned_vms`` and ``clean_vms`` (VM names expected)."""
+    ``tree`` (the host's ``HostPaths``), ``poisoned_vms`` and ``clean_vms`` (VM names
+    expected). Clean hosts are hard-linked copies of one written clean tree, so that 1000
+    hosts take seconds and little memory."""
     fleet = {}
     chosen = poisoned_indices(hosts, poisoned)
     turn = 0
+    template = None
     for index in range(1, hosts + 1):
         name = host_name(index)
         directory = os.path.join(root, name)
@@ -82,10 +120,16 @@ def build_fleet(root, hosts=200, poisoned=6):
             tree = build(directory)
             if tree.kmsg is None:
                 tree.kmsg = ""  # an (empty) kernel log of its own, never the machine's
-            fleet[name] = {"tree": tree.write(), "poisoned_vms": [vm], "clean_vms": []}
+            tree.write()
+            fleet[name] = {"tree": HostPaths(directory), "poisoned_vms": [vm], "clean_vms": []}
         else:
-            tree = scenarios.clean_host(directory, kmsg="")
-            fleet[name] = {"tree": tree.write(), "poisoned_vms": [], "clean_vms": list(CLEAN_VMS)}
+            if template is None:
+                scenarios.clean_host(directory, kmsg="").write()
+                template = directory
+            else:
+                link_tree(template, directory)
+            fleet[name] = {"tree": HostPaths(directory), "poisoned_vms": [],
+                           "clean_vms": list(CLEAN_VMS)}
     return fleet
 
 
@@ -197,6 +241,25 @@ def check_report(report, fleet):
     return problems
 
 
+def print_profile(log, total):
+    """The task times ansible.posix.profile_tasks printed at the end of ``log``."""
+    pattern = re.compile(r"^(.+?) -{3,} +(\d+\.\d+)s$")
+    rows = []
+    with open(log, encoding="utf-8") as handle:
+        for line in handle:
+            match = pattern.match(line.rstrip())
+            if match:
+                rows.append((float(match.group(2)), match.group(1).strip()))
+    if not rows:
+        print("profile                  : no task times in %s" % log)
+        return
+    print("report tasks (profile_tasks, wall time of each task over all hosts):")
+    for seconds, task in sorted(rows, reverse=True):
+        print("  %7.2f s %5.1f%%  %s" % (seconds, 100 * seconds / total, task))
+    print("  %7.2f s %5.1f%%  (playbook start-up, play switches and the rest)" % (
+        total - sum(r[0] for r in rows), 100 * (total - sum(r[0] for r in rows)) / total))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--hosts", type=int, default=200)
@@ -204,6 +267,9 @@ def main(argv=None):
     parser.add_argument("--forks", type=int, default=20)
     parser.add_argument("--strategy", choices=("linear", "free"), default="linear")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--profile", action="store_true",
+                        help="time every task of the report (ansible.posix.profile_tasks) and "
+                             "print where the time goes")
     parser.add_argument("--enforce-goal", action="store_true",
                         help="exit non-zero when report/ping exceeds %.1f" % GOAL_RATIO)
     args = parser.parse_args(argv)
@@ -221,8 +287,13 @@ def main(argv=None):
         ping_s, ping_rc = run_ping(inventory, args.forks, env, workdir,
                                    os.path.join(workdir, "ping.log"))
         report_dir = os.path.join(workdir, "reports")
-        report_s, report_rc = run_report(inventory, args.forks, env, workdir,
-                                         os.path.join(workdir, "report.log"), report_dir, "bench")
+        report_env = dict(env)
+        if args.profile:
+            report_env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
+            report_env["PROFILE_TASKS_TASK_OUTPUT_LIMIT"] = "all"
+        report_log = os.path.join(workdir, "report.log")
+        report_s, report_rc = run_report(inventory, args.forks, report_env, workdir, report_log,
+                                         report_dir, "bench")
         print("ansible.builtin.ping     : %7.2f s (rc %d)" % (ping_s, ping_rc))
         print("poison_report.yml        : %7.2f s (rc %d)" % (report_s, report_rc))
         ratio = report_s / ping_s if ping_s else float("inf")
@@ -230,6 +301,8 @@ def main(argv=None):
             ratio, GOAL_RATIO, "met" if ratio <= GOAL_RATIO else "MISSED"))
         print("per host (forks %d)      : ping %.1f ms, report %.1f ms" % (
             args.forks, 1000 * ping_s / len(fleet), 1000 * report_s / len(fleet)))
+        if args.profile:
+            print_profile(report_log, report_s)
         problems = []
         if ping_rc != 0:
             problems.append("ping failed (rc %d), see %s" % (ping_rc, os.path.join(workdir, "ping.log")))
