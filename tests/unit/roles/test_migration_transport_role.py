@@ -35,15 +35,16 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None or shutil.which(
                                 reason="needs the openssl and ssh-keygen commands")
 
 
-def _tree(root: Path, hosts=HOSTS):
-    for name in hosts:
+def _tree(root: Path, hosts=None):
+    for name in hosts or HOSTS:
         (root / name / "etc").mkdir(parents=True)
         (root / name / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                         str(root / name / "etc" / "ssh_host_ed25519_key")], check=True)
 
 
-def _inventory(root: Path, hosts=HOSTS, host_vars=None, group_vars=None) -> Path:
+def _inventory(root: Path, hosts=None, host_vars=None, group_vars=None) -> Path:
+    hosts = hosts or HOSTS
     base = {
         "ansible_connection": "local",
         "ansible_python_interpreter": PYTHON,

@@ -84,7 +84,7 @@ def test_poisoned_guest_page_shows_everything_a_real_memory_error_leaves(guest):
     hva = _hva(qmp)
     assert not _pagemap_entry(proc.pid, hva) & encoding.PM_SWAP
     done = QemuProcess(proc.pid).poison_guest_page(hva, GPA)
-    assert [name for name, _ in done["steps"]] == ["scratch", "userfaultfd", "api", "madvise", "register",
+    assert [step[0] for step in done["steps"]] == ["scratch", "userfaultfd", "api", "madvise", "register",
                                                    "poison", "ram_addr", "list_add", "event", "log"]
     assert done["ram_addr"] == "%#x" % GPA           # pc.ram starts at ram_addr 0 on q35
     assert set(done["ptrace_requests"]) <= GP_ONLY, done["ptrace_requests"]
