@@ -10,6 +10,8 @@ plugins/module_utils/gate.py. Read-only: ``changed`` is always false, check mode
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from ansible.errors import AnsibleActionFail
@@ -19,6 +21,9 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.migration_gate import DOCUMENTATION
 
 POISON_INFO_MODULE = "kvm_ras.poison_guard.poison_info"
+# A fixed string (no host or VM name in it): the host's boot id, uptime and host name.
+IDENTITY_COMMAND = "cat /proc/sys/kernel/random/boot_id /proc/uptime /proc/sys/kernel/hostname"
+_BOOT_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 _SPEC_KEYS = ("type", "elements", "choices", "default", "required", "no_log", "aliases")
 
@@ -44,6 +49,32 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = False
 
+    def _host_identity(self):
+        """``(boot id, uptime seconds, hostname)`` of the host the task reaches, now.
+
+        One raw command over the task's connection (with its become): it needs no Python and no
+        gathered facts (``ansible_facts`` has no boot id, and may be stale or missing), and the
+        boot id, a random UUID drawn at every boot, tells both the host and the boot apart.
+        Values that cannot be read come back as None (the gate then refuses the result).
+        """
+        res = self._low_level_execute_command(IDENTITY_COMMAND, sudoable=True)
+        if res.get("rc") != 0:
+            raise AnsibleActionFail(
+                "could not read this host's boot id and uptime to check the poison_info result "
+                "(%s exited %s: %s); the gate decides on nothing (fail closed)" % (
+                    IDENTITY_COMMAND, res.get("rc"),
+                    (res.get("stderr") or res.get("stdout") or "no output").strip()[:300]))
+        lines = [line.strip() for line in (res.get("stdout") or "").splitlines() if line.strip()]
+        boot_id = lines[0].lower() if lines and _BOOT_ID_RE.match(lines[0]) else None
+        uptime = None
+        if len(lines) > 1:
+            try:
+                uptime = float(lines[1].split()[0])
+            except (IndexError, ValueError):
+                uptime = None
+        hostname = lines[2] if len(lines) > 2 else None
+        return boot_id, uptime, hostname
+
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp  # nothing is transferred
@@ -65,6 +96,21 @@ class ActionModule(ActionBase):
                             "decisions": []},
                 )
 
+        age = None
+        if not gathered:
+            try:
+                gate.validate_poison_result(poison)
+            except gate.GateInputError as exc:
+                raise AnsibleActionFail(str(exc)) from exc
+            boot_id, uptime, hostname = self._host_identity()
+            try:
+                age = gate.check_origin(poison, boot_id, uptime, args["max_result_age"], hostname)
+            except gate.GateInputError as exc:
+                raise AnsibleActionFail(
+                    "%s; nothing is allowed (fail closed)" % exc,
+                    result={"allowed": [], "blocked": [], "unguarded": [], "decisions": []},
+                ) from exc
+
         try:
             decision = gate.evaluate(poison, args["vms"], args["operation"], args["on_poisoned"],
                                      args["on_unknown"])
@@ -75,6 +121,7 @@ class ActionModule(ActionBase):
         result.update(decision)
         result["changed"] = False
         result["poison_info_gathered"] = gathered
+        result["poison_info_age_seconds"] = age
         if gathered:
             result["poison_info"] = poison
         if warnings:

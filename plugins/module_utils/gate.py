@@ -21,7 +21,12 @@ unknown      on_unknown=skip          blocked, task goes on
 unknown      on_unknown=allow         allowed, with a warning
 missing      on_unknown=skip          blocked, task goes on
 missing      on_unknown=fail|allow    blocked, task fails (nothing was inspected)
+ambiguous    on_unknown=skip          blocked, task goes on
+ambiguous    on_unknown=fail|allow    blocked, task fails (name answers to >1 VM)
 ===========  =======================  ==========================================
+
+``check_origin`` refuses, before any decision, a result of another host or boot or older than
+``max_result_age`` (see its docstring).
 
 The operation never changes the outcome: every operation that reads all guest RAM is
 guarded the same way. ``OPERATION_NOTES`` says per operation why (upstream QEMU guards only
@@ -68,6 +73,15 @@ MISSING_REASON = (
 )
 
 
+AMBIGUOUS_REASON = (
+    "%d VMs in the poison_info result answer to %r (%s): the gate cannot tell which one an "
+    "operation by that name would reach, so none of them goes ahead; stop or rename the stray "
+    "QEMU process so the name is unique again"
+)
+
+DEFAULT_MAX_RESULT_AGE = 300
+
+
 class GateInputError(ValueError):
     """The gate was given input it cannot decide on (bad poison_info result or option)."""
 
@@ -79,12 +93,15 @@ def _check_choice(label, value, choices):
         )
 
 
-def decide(status, operation, on_poisoned="fail", on_unknown="fail", missing=False):
+def decide(status, operation, on_poisoned="fail", on_unknown="fail", missing=False,
+           ambiguous=None):
     """Decide for one VM.
 
     ``status`` is the VM's poison status from poison_info; any value other than ``poisoned``
     or ``clean`` is treated as ``unknown`` (fail closed). ``missing`` marks a VM that was
-    asked for but is not in the poison_info result at all.
+    asked for but is not in the poison_info result at all; ``ambiguous`` (a reason) marks a
+    VM whose name (or the name asked for) belongs to more than one VM of the result. Both are
+    always blocked; the task fails unless ``on_unknown=skip``.
 
     Returns a dict: ``decision`` (``allow``/``block``), ``fails`` (the task must fail),
     ``status`` (normalised), ``reason``, ``warning`` (text or None), ``operation_note``.
@@ -93,12 +110,12 @@ def decide(status, operation, on_poisoned="fail", on_unknown="fail", missing=Fal
     _check_choice("on_poisoned", on_poisoned, ON_POISONED)
     _check_choice("on_unknown", on_unknown, ON_UNKNOWN)
     note = OPERATION_NOTES[operation]
-    if missing:
+    if missing or ambiguous:
         return {
             "decision": BLOCK,
             "fails": on_unknown != "skip",
             "status": "unknown",
-            "reason": MISSING_REASON,
+            "reason": ambiguous or MISSING_REASON,
             "warning": None,
             "operation_note": note,
         }
@@ -172,14 +189,87 @@ def validate_poison_result(poison_result):
     return entries
 
 
-def _find_entry(entries, wanted):
-    for entry in entries:
-        if entry.get("name") == wanted:
-            return entry
-    for entry in entries:
-        if entry.get("uuid") and str(entry["uuid"]).lower() == str(wanted).lower():
-            return entry
-    return None
+def _find_entries(entries, wanted):
+    """Every entry answering to ``wanted``: its name, or its UUID (case-insensitive)."""
+    key = str(wanted).lower()
+    return [entry for entry in entries if entry.get("name") == wanted or (
+        entry.get("uuid") and str(entry["uuid"]).lower() == key)]
+
+
+def _identity(entry):
+    parts = []
+    for key in ("pid", "uuid"):
+        if entry.get(key) not in (None, ""):
+            parts.append("%s %s" % (key, entry[key]))
+    return ", ".join(parts) or "no pid or uuid"
+
+
+def _ambiguity(entries, wanted, hits):
+    """The reason a request is ambiguous, or None: it matches several entries, or its one entry
+    shares its name with another entry (operations address VMs by name)."""
+    if len(hits) == 1:
+        same_name = [e for e in entries if e.get("name") == hits[0].get("name")]
+        if len(same_name) == 1:
+            return None
+        hits = same_name
+        wanted = hits[0]["name"]
+    return AMBIGUOUS_REASON % (len(hits), wanted, "; ".join(_identity(e) for e in hits))
+
+
+def check_origin(poison_result, boot_id, uptime, max_age=DEFAULT_MAX_RESULT_AGE, hostname=None):
+    """Refuse a poison_info result that is not this host's, not of this boot, or too old.
+
+    ``boot_id`` and ``uptime`` (seconds, ``/proc/uptime``) are read on the host the gate decides
+    for, right now. The boot id is a random UUID drawn at every boot, so an equal boot id means
+    the same host and the same boot; the age is measured on the host's own uptime clock, so a
+    clock difference between controller and host does not matter. ``max_age`` 0 disables only
+    the age check. Returns the age in seconds; raises GateInputError naming the problem and fix.
+    """
+    if not isinstance(max_age, (int, float)) or isinstance(max_age, bool) or max_age < 0:
+        raise GateInputError("max_result_age must be a number of seconds >= 0 (0: no age limit), "
+                             "got %r" % (max_age,))
+    rerun = ("run kvm_ras.poison_guard.poison_info on this host right before the gate (or leave "
+             "poison_info unset so the gate runs it)")
+    origin = poison_result.get("origin")
+    if not isinstance(origin, dict) or not origin.get("boot_id"):
+        raise GateInputError(
+            "the poison_info result does not say which host and boot it was taken on (no "
+            "origin.boot_id; a result from an older collection version, or built by hand); "
+            "the gate does not decide on it: %s" % rerun)
+    if not boot_id:
+        raise GateInputError(
+            "the boot id of this host could not be read (/proc/sys/kernel/random/boot_id), so "
+            "the gate cannot tell whether the poison_info result is this host's; check that the "
+            "task reaches the hypervisor itself")
+    where = origin.get("hostname") or "an unnamed host"
+    if str(origin["boot_id"]).strip().lower() != str(boot_id).strip().lower():
+        if hostname and origin.get("hostname") and origin["hostname"] != hostname:
+            raise GateInputError(
+                "the poison_info result was taken on another host (%s, boot %s), not on %s "
+                "(boot %s): %s" % (where, origin["boot_id"], hostname, boot_id, rerun))
+        raise GateInputError(
+            "the poison_info result was taken on %s during another boot (boot id %s; this host "
+            "now runs boot %s): it is another host, or this host rebooted since and every "
+            "verdict in it is void; %s" % (where, origin["boot_id"], boot_id, rerun))
+    scanned = origin.get("uptime_seconds")
+    if not isinstance(scanned, (int, float)) or isinstance(scanned, bool) or uptime is None:
+        if max_age:
+            raise GateInputError(
+                "the age of the poison_info result cannot be told (origin.uptime_seconds or this "
+                "host's /proc/uptime missing); %s, or set max_result_age: 0 to accept results of "
+                "any age" % rerun)
+        return None
+    age = round(float(uptime) - float(scanned), 3)
+    if max_age and age > max_age:
+        raise GateInputError(
+            "the poison_info result is %.0f s old (taken %s on %s), older than max_result_age "
+            "%s s: a page may have been poisoned since; %s, or raise max_result_age (0 accepts "
+            "any age)" % (age, origin.get("scanned_at_iso") or "?", where, max_age, rerun))
+    if age < -5:
+        raise GateInputError(
+            "the poison_info result claims to be taken %.0f s in the future of this boot's "
+            "uptime: it was not taken on this host; %s" % (-age, rerun))
+    return age
 
 
 def _evidence_of(entry, status):
@@ -191,7 +281,12 @@ def _evidence_of(entry, status):
 
 
 def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="fail", on_unknown="fail"):
-    """Decide for every VM asked about (``vms``: names or UUIDs; default: every VM in the result).
+    """Decide for every VM asked about (``vms``: names or UUIDs; default: every VM in the result,
+    each on its own).
+
+    Identity is exact: a name or UUID that answers to more than one VM, or a VM sharing its
+    name with another, is blocked with a reason that says so; a VM asked for but absent from
+    the result is blocked, never allowed.
 
     Returns a dict with ``allowed`` (names), ``blocked`` (list of {name, status, reason,
     evidence}), ``unguarded`` (names whose running QEMU lacks the guard: migration_guard false
@@ -202,7 +297,8 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
     _check_choice("on_unknown", on_unknown, ON_UNKNOWN)
     entries = validate_poison_result(poison_result)
     if vms is None:
-        wanted = [entry["name"] for entry in entries]
+        # every VM of the result, one by one: identity is the entry itself, never its name
+        requests = [(entry["name"], [entry]) for entry in entries]
     else:
         if isinstance(vms, str) or not isinstance(vms, (list, tuple)):
             raise GateInputError("vms must be a list of VM names or UUIDs, got %r" % (vms,))
@@ -212,13 +308,23 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
                 raise GateInputError("vms must hold non-empty VM names or UUIDs, got %r" % (item,))
             if item not in wanted:
                 wanted.append(item)
+        requests = [(item, _find_entries(entries, item)) for item in wanted]
 
     allowed, blocked, unguarded, decisions, warnings = [], [], [], [], []
-    for item in wanted:
-        entry = _find_entry(entries, item)
-        if entry is None:
+    for item, hits in requests:
+        entry = hits[0] if len(hits) == 1 else None
+        ambiguous = _ambiguity(entries, item, hits) if hits else None
+        if not hits:
             outcome = decide(None, operation, on_poisoned, on_unknown, missing=True)
             name, guard, evidence = item, None, []
+        elif ambiguous:
+            outcome = decide(None, operation, on_poisoned, on_unknown, ambiguous=ambiguous)
+            if on_poisoned == "fail" and any(e.get("status") == "poisoned" for e in hits):
+                outcome["fails"] = True  # one of them is poisoned: on_poisoned=fail still holds
+            name = entry["name"] if entry is not None else item
+            guard = entry.get("migration_guard") if entry is not None else None
+            evidence = [{"source": "migration_gate", "detail": "%s: %s (%s)" % (
+                e["name"], e.get("status"), _identity(e))} for e in hits]
         else:
             outcome = decide(entry.get("status"), operation, on_poisoned, on_unknown)
             name, guard = entry["name"], entry.get("migration_guard")
@@ -233,6 +339,9 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
             )
         decision = {
             "name": name,
+            "uuid": entry.get("uuid") if entry is not None else None,
+            "pid": entry.get("pid") if entry is not None else None,
+            "start_ticks": entry.get("start_ticks") if entry is not None else None,
             "status": outcome["status"],
             "operation": operation,
             "decision": outcome["decision"],
@@ -240,7 +349,7 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
             "reason": outcome["reason"],
             "operation_note": outcome["operation_note"],
             "migration_guard": guard,
-            "in_poison_info": entry is not None,
+            "in_poison_info": bool(hits),
         }
         decisions.append(decision)
         if outcome["decision"] == ALLOW:

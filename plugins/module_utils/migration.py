@@ -14,6 +14,8 @@ be unit-tested without libvirt.
 - ``classify_error(message, ...)``: ``poisoned`` / ``timeout`` / ``destination`` / ``other``.
 - ``shape_job_stats(stats)``: libvirt's job statistics -> stable, unit-named keys.
 - ``where_running(source, destination, ...)``: ``source`` / ``destination`` / ``both`` / ``none``.
+- ``poison_precheck(uuid, name, ...)``: the poison_info detection core for exactly one domain,
+  right before its migration starts.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from __future__ import annotations
 import re
 import threading
 import time
+import urllib.parse
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import inventory
 
 POISONED = "poisoned"
 TIMEOUT = "timeout"
 DESTINATION = "destination"
 OTHER = "other"
+POISON_UNKNOWN = "poison_unknown"
 ERROR_CLASSES = (POISONED, TIMEOUT, DESTINATION, OTHER)
+POISON_CHECK_ON_UNKNOWN = ("fail", "allow")
 
 COPY_STORAGE_FLAGS = {
     "none": None,
@@ -115,6 +121,17 @@ def build_plan(options):
         )
     if not opts.get("dest_uri"):
         raise MigrationInputError("dest_uri is empty: give the destination libvirt URI, e.g. qemu+tcp://hv2/system")
+    if "name" in opts and not (opts.get("name") or "").strip():
+        raise MigrationInputError("name is empty: give the libvirt domain name of the VM to migrate")
+    if opts.get("poison_check", False) and not source_is_local(opts.get("source_uri") or "qemu:///system"):
+        raise MigrationInputError(
+            "poison_check=true scans the VM's QEMU process on the host the module runs on, but "
+            "source_uri %s names another host; run the task on the source hypervisor (delegate_to) "
+            "with source_uri qemu:///system" % opts.get("source_uri"))
+    on_unknown = opts.get("on_unknown", "fail")
+    if on_unknown not in POISON_CHECK_ON_UNKNOWN:
+        raise MigrationInputError("on_unknown must be one of %s, got %r" % (
+            ", ".join(POISON_CHECK_ON_UNKNOWN), on_unknown))
 
     flags = [flag for option, flag in BOOLEAN_FLAGS if opts.get(option)]
     if COPY_STORAGE_FLAGS[copy_storage]:
@@ -130,6 +147,71 @@ def build_plan(options):
         "postcopy": bool(opts.get("postcopy")),
         "dest_uri": opts["dest_uri"],
     }
+
+
+def source_is_local(uri):
+    """True for a libvirt URI that reaches this host's own daemon (no host part:
+    ``qemu:///system``, ``qemu+unix:///system``)."""
+    parsed = urllib.parse.urlsplit(uri)
+    return not parsed.hostname and parsed.scheme.split("+")[-1] in ("", "unix", "qemu")
+
+
+def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, options=None):
+    """Scan the one VM about to be migrated, right before the migration starts.
+
+    Runs the poison_info detection core for exactly that domain (selected by ``uuid``, else by
+    ``name``) and returns ``(go, report, message)``: ``go`` is True only when its verdict is
+    ``clean`` (or ``unknown`` with ``on_unknown="allow"``); ``report`` holds status, pid,
+    start_ticks, reasons, poisoned pages and evidence; ``message`` says why not, with the
+    evidence. ``collect``/``options`` replace the detection core and its options (tests).
+    """
+    collect = collect or inventory.collect
+    key = uuid or name
+    opts = dict(options or {})
+    opts.setdefault("libvirt_uri", source_uri)
+    started = time.monotonic()
+    try:
+        result = collect(inventory.Options(vms=[key], **opts))
+    except inventory.UnknownVMError as exc:
+        report = {"status": "unknown", "reasons": [str(exc)], "pid": None}
+        return False, report, (
+            "the poison check right before the migration did not find VM %r (%s) on this host: %s"
+            % (name, key, exc))
+    seconds = round(time.monotonic() - started, 3)
+    entries = [vm for vm in result.get("vms", []) if (uuid and str(vm.get("uuid") or "").lower() == uuid.lower())
+               or (not uuid and vm.get("name") == name)]
+    if len(entries) != 1:
+        report = {"status": "unknown", "pid": None, "seconds": seconds,
+                  "reasons": ["%d QEMU processes answer to %s" % (len(entries), key)]}
+        return False, report, (
+            "the poison check right before the migration found %d QEMU processes for VM %r (%s), "
+            "so it cannot tell which one would be migrated; nothing was started" % (len(entries), name, key))
+    entry = entries[0]
+    report = {key_: entry.get(key_) for key_ in (
+        "status", "pid", "start_ticks", "uuid", "reasons", "poisoned_pages", "evidence",
+        "migration_guard", "qemu_version")}
+    report["seconds"] = seconds
+    report["origin"] = result.get("origin")
+    status = entry.get("status")
+    if status == "clean":
+        return True, report, None
+    evidence = "; ".join(
+        "%s: %s" % (item.get("source"), item.get("detail")) for item in (entry.get("evidence") or [])
+        if item.get("source") not in ("host", "guard"))
+    if status == "poisoned":
+        pages = ", ".join("%s (%s)" % (p.get("hva"), p.get("source")) for p in entry.get("poisoned_pages") or [])
+        return False, report, (
+            "VM %r (QEMU pid %s) was scanned right before the migration and is poisoned: %s. "
+            "Poisoned page(s): %s. Evidence: %s. Nothing was started; reboot the VM (a guest "
+            "reset clears QEMU's poison list) or move it cold" % (
+                name, entry.get("pid"), UPSTREAM_REFUSAL, pages or "none listed", evidence or "none"))
+    if on_unknown == "allow":
+        return True, report, None
+    return False, report, (
+        "VM %r (QEMU pid %s) was scanned right before the migration and its poison status is "
+        "unknown: %s. Nothing was started; fix what the reasons name and retry, or set "
+        "on_unknown=allow to migrate it anyway (a poisoned page would crash a QEMU older than 9.0)" % (
+            name, entry.get("pid"), "; ".join(entry.get("reasons") or []) or "no reason given"))
 
 
 def _libvirt(libvirt_module):

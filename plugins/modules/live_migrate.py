@@ -27,6 +27,11 @@ description:
   - Gate migrations with M(kvm_ras.poison_guard.migration_gate) first. QEMU older than 9.0
     (Debian 12 ships 7.2) does not refuse a poisoned VM; it dies with SIGBUS during the
     migration and the VM is lost.
+  - Right before the migration starts, the module scans this one VM's QEMU process again with
+    the detection core of M(kvm_ras.poison_guard.poison_info) (O(poison_check), on by default),
+    so a page poisoned since the gate decided is not read by the migration. A VM that is not
+    V(clean) is not migrated (RV(failure.class=poisoned) or V(poison_unknown)) and keeps running
+    on the source; RV(poison_check) holds the verdict and evidence.
 author:
   - kvm_ras maintainers (@kvm-ras)
 requirements:
@@ -142,6 +147,26 @@ options:
         checks).
     type: float
     default: 1.0
+  poison_check:
+    description:
+      - Scan the VM's QEMU process for poisoned guest memory right before the migration starts
+        (also in check mode; it only reads). The VM is selected by its libvirt UUID, so another
+        QEMU process with the same name is never scanned in its place.
+      - Needs root on the source hypervisor (the task runs there with become) and a local
+        O(source_uri) such as V(qemu:///system).
+      - V(false) skips the scan; the gate's earlier decision is then all that protects the VM.
+    type: bool
+    default: true
+  on_unknown:
+    description:
+      - What O(poison_check) does when the VM's poison status is V(unknown) (its memory could not
+        be fully inspected).
+      - V(fail) does not migrate it. V(allow) migrates it with a warning; if the VM does hold a
+        poisoned page, a QEMU older than 9.0 crashes during the migration.
+      - A V(poisoned) VM is never migrated while O(poison_check=true).
+    type: str
+    choices: [fail, allow]
+    default: fail
 notes:
   - The module never undefines or destroys a VM itself. It only asks libvirt to migrate,
     abort, or switch to post-copy.
@@ -294,13 +319,25 @@ progress:
   type: list
   elements: dict
   sample: [{elapsed_s: 1.0, data_processed_bytes: 1048576, data_remaining_bytes: 5242880, memory_iterations: 1}]
+poison_check:
+  description:
+    - The scan right before the migration (O(poison_check=true)); null when it was switched off.
+    - C(status) (V(clean), V(poisoned), V(unknown)), C(pid) and C(start_ticks) of the scanned QEMU
+      process, C(uuid), C(reasons), C(poisoned_pages), C(evidence), C(migration_guard),
+      C(qemu_version), C(seconds) the scan took and C(origin) (host, boot id, time).
+  returned: when the VM was found running on the source and not on the destination
+  type: dict
+  sample: {status: clean, pid: 4242, start_ticks: 7000, uuid: 6f1c2a8e-3a50-4c3e-9d2b-7f1f6c3b9a10, reasons: [], seconds: 0.08}
 failure:
   description: Why the migration failed; null when it did not.
   returned: always
   type: dict
   contains:
     class:
-      description: V(poisoned), V(timeout), V(destination) or V(other).
+      description:
+        - V(poisoned), V(timeout), V(destination) or V(other).
+        - V(poisoned) also when O(poison_check) found the VM poisoned, and V(poison_unknown) when
+          it found its status unknown; in both cases nothing was started.
       type: str
     message:
       description: libvirt's error message, unchanged.
@@ -332,12 +369,17 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import describe_os_error
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration import (
     CRITICAL_PLACEMENTS,
+    POISON_CHECK_ON_UNKNOWN,
+    POISON_UNKNOWN,
+    POISONED,
     MigrationInputError,
     build_plan,
     classify_error,
     describe_abort,
+    poison_precheck,
     resolve_flags,
     resolve_params,
     shape_job_stats,
@@ -375,6 +417,8 @@ ARGUMENT_SPEC = dict(
     unsafe=dict(type="bool", default=False),
     timeout=dict(type="float", default=600),
     poll_interval=dict(type="float", default=1.0),
+    poison_check=dict(type="bool", default=True),
+    on_unknown=dict(type="str", choices=list(POISON_CHECK_ON_UNKNOWN), default="fail"),
 )
 
 
@@ -479,16 +523,10 @@ class LiveMigration:
         self.result["critical"] = migration_started and self.result["running_on"] in CRITICAL_PLACEMENTS
         return src_state, dst_state
 
-    def run(self):
-        try:
-            plan = build_plan(self.params)
-        except MigrationInputError as exc:
-            self.fail(str(exc))
+    def run(self, plan):
         self.result["flags"] = list(plan["flags"])
         self.result["params"] = dict(plan["params"])
 
-        if not self.name:
-            self.fail("name is empty: give the libvirt domain name of the VM to migrate")
         opener = libvirt.openReadOnly if self.module.check_mode else libvirt.open
         try:
             self.source = opener(self.params["source_uri"])
@@ -513,12 +551,10 @@ class LiveMigration:
                       "(two QEMUs may be writing the same disks) before anything else" % (
                           self.name, self.params["source_uri"], self.dest_uri))
         if dst_state == "running":
-            warnings = []
             if src_state == "defined" and self.params["undefine_source"]:
-                warnings.append("VM %r runs on the destination but an inactive definition is left on the "
-                                "source; remove it when you no longer need it" % self.name)
-            self.module.exit_json(msg="VM %r already runs on %s" % (self.name, self.dest_uri),
-                                  warnings=warnings, **self.result)
+                self.module.warn("VM %r runs on the destination but an inactive definition is left on the "
+                                 "source; remove it when you no longer need it" % self.name)
+            self.module.exit_json(msg="VM %r already runs on %s" % (self.name, self.dest_uri), **self.result)
         if src_state != "running":
             if src_state == "defined":
                 self.fail("VM %r is defined on the source but not running: live_migrate moves running VMs "
@@ -529,11 +565,38 @@ class LiveMigration:
                     self.dest_uri))
             self.fail("cannot tell whether VM %r runs on the source %s" % (self.name, self.params["source_uri"]))
 
+        self.check_poison()
         if self.module.check_mode:
             self.result["changed"] = True
             self.module.exit_json(msg="would migrate %r to %s with %s" % (
                 self.name, self.dest_uri, ", ".join(plan["flags"]) or "no flags"), **self.result)
         self.migrate(plan)
+
+    def check_poison(self):
+        """Scan this VM's QEMU right before the migration starts (poison_check=true): a page
+        poisoned since the gate decided must not be read by the migration."""
+        if not self.params["poison_check"]:
+            self.result["poison_check"] = None
+            return
+        try:
+            uuid = self.source.lookupByName(self.name).UUIDString()
+        except libvirt.libvirtError as exc:
+            self.fail("cannot read the UUID of VM %r for the poison check: %s" % (self.name, exc))
+        go, report, message = poison_precheck(uuid, self.name, self.params["source_uri"],
+                                              self.params["on_unknown"])
+        self.result["poison_check"] = report
+        if go:
+            if report.get("status") != "clean":
+                self.module.warn("VM %r is migrated with poison status %s because on_unknown=allow: %s" % (
+                    self.name, report.get("status"), "; ".join(report.get("reasons") or [])))
+            return
+        klass = POISONED if report.get("status") == "poisoned" else POISON_UNKNOWN
+        self.result["failure"] = {
+            "class": klass, "message": message,
+            "explanation": "the VM was not migrated: the poison check right before the migration did not "
+                           "find it clean; it keeps running on the source"}
+        self.module.fail_json(msg="live migration of %r to %s refused: %s" % (self.name, self.dest_uri, message),
+                              **self.result)
 
     def open_control(self, dom):
         """The domain seen through a second source connection, for watching and aborting the job.
@@ -607,13 +670,12 @@ class LiveMigration:
         if self.result["critical"] or not moved:
             self.fail_classified("libvirt reported success but the VM is not running on the destination only "
                                  "(source: %s, destination: %s)" % (src_state, dst_state))
-        warnings = []
         if outcome["abort_requested"]:
-            warnings.append("the migration of %r completed although its %s s timeout had passed and the job was "
-                            "asked to abort (%s); the VM runs on %s only" % (
-                                self.name, self.params["timeout"], describe_abort(outcome), self.dest_uri))
+            self.module.warn("the migration of %r completed although its %s s timeout had passed and the job was "
+                             "asked to abort (%s); the VM runs on %s only" % (
+                                 self.name, self.params["timeout"], describe_abort(outcome), self.dest_uri))
         self.module.exit_json(msg="migrated %r to %s in %.1f s" % (
-            self.name, self.dest_uri, self.result["duration_seconds"]), warnings=warnings, **self.result)
+            self.name, self.dest_uri, self.result["duration_seconds"]), **self.result)
 
     def completed_stats(self, dom, dst_state):
         """Statistics of the finished job: the destination keeps them, the source if it still has the VM."""
@@ -641,12 +703,20 @@ class LiveMigration:
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    # Inputs first: a bad input is reported as such even on a host without python3-libvirt.
+    try:
+        plan = build_plan(module.params)
+    except MigrationInputError as exc:
+        module.fail_json(msg=str(exc), name=module.params["name"], dest_uri=module.params["dest_uri"])
     if libvirt is None:
         module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
                          exception=LIBVIRT_IMPORT_ERROR)
     migration = LiveMigration(module)
     try:
-        migration.run()
+        migration.run(plan)
+    except OSError as exc:
+        module.fail_json(msg=describe_os_error(exc, "live migration of %r stopped" % module.params["name"]),
+                         exception=traceback.format_exc(), **migration.result)
     finally:
         migration.close()
 

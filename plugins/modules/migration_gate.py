@@ -21,8 +21,12 @@ description:
     7.2) crashes. No QEMU release guards internal memory snapshots (C(savevm)) or
     C(dump-guest-memory). The gate therefore blocks V(poisoned) VMs for B(every) O(operation),
     whatever the running QEMU. The reason it reports is QEMU's own refusal, word for word.
-  - Fails closed. A VM whose status is V(unknown), or that is missing from the C(poison_info)
-    result, is blocked unless O(on_unknown=allow) is spelled out.
+  - Fails closed. A VM whose status is V(unknown) is blocked unless O(on_unknown=allow) is
+    spelled out. A VM missing from the C(poison_info) result is always blocked.
+  - Decides per exact VM identity (the C(poison_info) entry with its UUID, PID and process start
+    time). A name or UUID that answers to more than one VM, and every VM that shares its name
+    with another, is blocked with a reason that says so, whatever O(on_unknown) says; with
+    O(vms) unset every VM of the result is decided on its own.
   - Uses the result of M(kvm_ras.poison_guard.poison_info) given in O(poison_info). Without
     it, the gate runs C(poison_info) on the host itself.
 author:
@@ -77,7 +81,8 @@ options:
         them through with a warning. If such a VM turns out to be poisoned, a QEMU without the
         guard crashes (see RV(unguarded)).
       - VMs missing from the C(poison_info) result were never inspected and are blocked even
-        with V(allow). They fail the task unless this is V(skip).
+        with V(allow). They fail the task unless this is V(skip). The same holds for names that
+        answer to more than one VM.
     type: str
     choices: [fail, skip, allow]
     default: fail
@@ -88,7 +93,23 @@ options:
       - Unset means the gate runs C(kvm_ras.poison_guard.poison_info) on the host itself (with
         O(vms)), which needs become on the hypervisor.
       - The result of a failed or skipped C(poison_info) task is rejected.
+      - The result must be this host's, of its current boot, and not older than
+        O(max_result_age). The gate reads the host's boot id and uptime
+        (C(/proc/sys/kernel/random/boot_id), C(/proc/uptime)) with one raw command over the
+        task's connection (no Python, no gathered facts needed) and compares them with the
+        result's C(origin) (see RV(kvm_ras.poison_guard.poison_info#module:origin)). A result from another host or boot, without an origin
+        (older collection versions), or too old fails the task and blocks every VM.
     type: dict
+  max_result_age:
+    description:
+      - Oldest C(poison_info) result, in seconds, the gate decides on. The age is measured on
+        the host's own uptime clock, so clock drift between controller and host does not count.
+      - V(0) accepts a result of any age (still only this host's, of its current boot). Spell
+        it out only when a later step checks again, for example M(kvm_ras.poison_guard.live_migrate)
+        with its default O(kvm_ras.poison_guard.live_migrate#module:poison_check=true).
+      - Not used when the gate runs C(poison_info) itself.
+    type: int
+    default: 300
 notes:
   - The decision table is in the collection's C(docs/migration_gate.md).
   - O(on_poisoned=skip) with a loop over RV(allowed) is the pattern for evacuations. Blocked
@@ -188,6 +209,15 @@ decisions:
     name:
       description: VM name.
       type: str
+    uuid:
+      description: The VM's UUID from C(poison_info), or null.
+      type: str
+    pid:
+      description: PID of the VM's QEMU process from C(poison_info), or null.
+      type: int
+    start_ticks:
+      description: Start time of that process (clock ticks since boot, C(/proc/PID/stat) field 22), or null.
+      type: int
     status:
       description: V(poisoned), V(clean) or V(unknown).
       type: str
@@ -222,6 +252,13 @@ poison_info_gathered:
   returned: always
   type: bool
   sample: true
+poison_info_age_seconds:
+  description:
+    - Age of the given C(poison_info) result on the host's uptime clock; null when the gate ran
+      C(poison_info) itself or O(max_result_age=0) and the age could not be told.
+  returned: always
+  type: float
+  sample: 12.4
 poison_info:
   description: The C(poison_info) result the gate gathered itself, to reuse in later tasks.
   returned: when O(poison_info) was not given

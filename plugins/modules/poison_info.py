@@ -22,6 +22,15 @@ description:
     C(memory_failure) counters are reported as evidence."
   - The verdict is V(unknown) whenever a full scan was not possible (not root, process gone, read
     errors, hugetlbfs RAM without C(PAGEMAP_SCAN)); it is never V(clean) for what was not seen.
+  - Guest RAM on shared memory (memfd, shmem, hugetlbfs or a file with C(share=on), which
+    vhost-user needs) can hide a poisoned page in its page cache behind an empty page table
+    entry (QEMU 9.2 and older re-map the same file offset on a guest reset). When the host has
+    poisoned PFNs that no scanned page table holds, such a VM is V(clean) only if its backing file
+    was read (holes skipped) without error; a read error EIO means V(poisoned), a backing that
+    could not be read means V(unknown). See O(backing_read_limit_mib).
+  - Every result says where and when it was taken (RV(origin) - host name, boot id, uptime and
+    time of the scan), so M(kvm_ras.poison_guard.migration_gate) can refuse a result of another
+    host, of an earlier boot, or too old.
   - Also tells whether the running QEMU binary (C(/proc/PID/exe), which may have been deleted by an
     upgrade) refuses the migration of a poisoned VM.
   - Read-only. Must run as root (C(become=true)) to see PFNs. Needs only the Python standard
@@ -64,9 +73,12 @@ options:
     default: /run/libvirt/qemu
   qemu_log_dir:
     description:
-      - Directory of libvirt's per-domain QEMU logs (C(<name>.log), C(<name>.log.0)).
+      - Directory of libvirt's per-domain QEMU logs (C(<name>.log) and its rotated files
+        C(<name>.log.0), C(.log.1), ..., C(.log.N.gz) of virtlogd or logrotate).
       - QEMU's C(Guest MCE Memory Error ... injected) lines of the current QEMU lifetime are taken
-        from there; for a QEMU not started by libvirt, its stderr is read when it is a file.
+        from there, reading rotated files (compressed ones included) back to the lifetime's
+        C(starting up) header; for a QEMU not started by libvirt, its stderr is read when it is
+        a file.
     type: path
     default: /var/log/libvirt/qemu
   boot_dir:
@@ -86,20 +98,37 @@ options:
   scan_method:
     description:
       - How non-present page table entries are found.
-      - V(auto) uses the C(PAGEMAP_SCAN) ioctl where the kernel has it (Linux 6.7+) and mapped
-        poisoned pages need not be checked, and reads the whole pagemap otherwise.
+      - V(auto) uses the C(PAGEMAP_SCAN) ioctl where the kernel has it (Linux 6.7+), and reads
+        the whole pagemap otherwise. When mapped poisoned pages must be checked (the host has
+        poisoned PFNs), every present entry is read; C(PAGEMAP_SCAN) then only names the
+        populated ranges, and only for processes with less than 1/8 of the scanned pages
+        resident (densely populated ones are read whole and their C(scan.method) is V(pread)).
       - V(pread) always reads the whole pagemap of every mapping (hugetlbfs mappings still need
         C(PAGEMAP_SCAN)).
       - V(pagemap_scan) requires C(PAGEMAP_SCAN); without it every VM is V(unknown).
     type: str
     choices: [auto, pagemap_scan, pread]
     default: auto
+  backing_read_limit_mib:
+    description:
+      - Most shared-memory guest RAM, in MiB per VM, read to prove it holds no poisoned page
+        (only when the host has poisoned PFNs that no scanned page table holds; holes of the
+        backing file are skipped, so only populated pages count towards the time taken).
+      - A VM with more shared-memory RAM than this is V(unknown) in that case, with a reason
+        that names this option. V(0) never reads.
+    type: int
+    default: 65536
 notes:
   - "C(HardwareCorrupted: 0 kB) means no page of the host is hwpoisoned; the page tables are still
     scanned, because poison PTE markers are not counted there."
   - Poison in the page cache of shared memory (memfd, shmem, hugetlbfs) behind an empty page table
-    entry is invisible to pagemap; it is probed (a read of the backing file fails with EIO) only
-    for pages QEMU logged as poisoned. See C(docs/poison_info.md) for all limits.
+    entry is invisible to pagemap; the backing file is read (a read of a poisoned page fails with
+    EIO) for pages QEMU logged as poisoned, and for the whole shared RAM when the host has
+    poisoned PFNs no scanned page table holds. See C(docs/poison_info.md) for all limits.
+  - A mapping that may be hugetlbfs-backed but cannot be told apart (C(/proc/PID/map_files) and
+    C(smaps) unreadable), and guest RAM of a domain whose libvirt XML asks for hugepages where no
+    hugetlbfs mapping was recognised, is never scanned as ordinary memory; without
+    C(PAGEMAP_SCAN) the VM is V(unknown).
 """
 
 EXAMPLES = r"""
@@ -148,6 +177,17 @@ vms:
       description: PID of the QEMU process, or null when none was found.
       type: int
       sample: 4242
+    start_ticks:
+      description:
+        - Start time of the QEMU process in clock ticks since boot (C(/proc/PID/stat) field 22);
+          with RV(vms[].pid) and the boot id of RV(origin) it names exactly one process. Null when
+          no process was scanned.
+      type: int
+      sample: 7000
+    started_at:
+      description: Start time of the QEMU process in epoch seconds, or null.
+      type: float
+      sample: 1764050070.0
     status:
       description:
         - V(poisoned), V(clean) or V(unknown). V(unknown) blocks like V(poisoned) (fail closed).
@@ -158,7 +198,8 @@ vms:
         - Holes found. C(hva), C(pfn) and C(gpa) are hex strings (C(pfn)/C(gpa) null when not
           known); C(gpa) comes from QEMU's log line for the same address.
         - C(source) is one of C(pagemap_hwpoison), C(present_hwpoison), C(pte_marker_poisoned),
-          C(swapin_error_entry), C(pagemap_scan_hugetlb), C(backing_read_eio), C(qemu_log).
+          C(swapin_error_entry), C(pagemap_scan_hugetlb), C(backing_read_eio) (a read of the
+          shared-memory backing file failed with EIO at that page), C(qemu_log).
         - Also C(mapping), C(guest_ram) (the mapping looks like a QEMU RAM block), C(raw) (the
           pagemap entry), C(kpageflags), C(swap_type), C(size) where they apply.
       type: list
@@ -214,23 +255,47 @@ vms:
       type: dict
       sample: {"method": "pread", "mappings": 210, "bytes": 4395630592, "seconds": 0.09}
 poisoned_vms:
-  description: Names of the VMs with status V(poisoned).
+  description: Names of the VMs with status V(poisoned), each name once.
   returned: always
   type: list
   elements: str
   sample: [web01]
 unknown_vms:
-  description: Names of the VMs with status V(unknown).
+  description: Names of the VMs with status V(unknown), each name once.
   returned: always
   type: list
   elements: str
   sample: []
 clean_vms:
-  description: Names of the VMs with status V(clean).
+  description:
+    - Names of the VMs with status V(clean), each name once. A name carried by more than one VM
+      is never listed here (see RV(ambiguous_vms)).
   returned: always
   type: list
   elements: str
   sample: [db01]
+ambiguous_vms:
+  description:
+    - Names carried by more than one QEMU process (for example a QEMU started by hand with a
+      libvirt domain's name). The task warns about each; RV(vms) lists every process with its own
+      verdict, UUID, PID and start time. M(kvm_ras.poison_guard.migration_gate) blocks them.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+origin:
+  description:
+    - Where and when the result was taken. C(boot_id) is C(/proc/sys/kernel/random/boot_id) (a
+      random UUID per boot), C(uptime_seconds) the host's uptime when the scan started,
+      C(scanned_at)/C(scanned_at_iso) the same moment in epoch seconds and UTC.
+  returned: always
+  type: dict
+  sample:
+    hostname: hv1
+    boot_id: 4c2f6b8e-1d3a-4e5f-9a7b-0c1d2e3f4a5b
+    uptime_seconds: 5000.25
+    scanned_at: 1764055000.25
+    scanned_at_iso: "2025-11-25T07:16:40Z"
 host:
   description:
     - Host-level figures. C(hardware_corrupted_kb) is null when the kernel has no
@@ -265,15 +330,21 @@ reasons:
   sample: []
 """
 
+import os
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import describe_os_error
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison.inventory import (
+    DEFAULT_BACKING_READ_LIMIT_MIB,
     Options,
     UnknownVMError,
     collect,
 )
+
+DEFAULTS = {"qemu_log_dir": "/var/log/libvirt/qemu", "boot_dir": "/boot",
+            "libvirt_run_dir": "/run/libvirt/qemu"}
 
 
 def main():
@@ -289,6 +360,7 @@ def main():
             kernel_log=dict(type="str", default="auto"),
             scan_method=dict(type="str", default="auto",
                              choices=["auto", "pagemap_scan", "pread"]),
+            backing_read_limit_mib=dict(type="int", default=DEFAULT_BACKING_READ_LIMIT_MIB),
         ),
         supports_check_mode=True,
     )
@@ -301,18 +373,44 @@ def main():
     if bad:
         module.fail_json(msg="vms holds an empty name: list VM names or UUIDs, or leave vms empty "
                              "to inspect every running VM")
+    if params["backing_read_limit_mib"] < 0:
+        module.fail_json(msg="backing_read_limit_mib must be 0 or more (MiB of shared-memory guest "
+                             "RAM read per VM; 0 never reads it), got %d"
+                             % params["backing_read_limit_mib"])
+    for key in ("proc_root", "sys_root"):
+        if os.path.exists(params[key]) and not os.path.isdir(params[key]):
+            module.fail_json(msg="%s %s is not a directory: give the directory where %s is mounted"
+                                 % (key, params[key], key[:-5] + "fs"))
+    for key in ("qemu_log_dir", "boot_dir", "libvirt_run_dir"):
+        if params[key] and os.path.exists(params[key]) and not os.path.isdir(params[key]):
+            module.fail_json(msg="%s %s is not a directory: give the directory (default %s)" % (
+                key, params[key], DEFAULTS[key]))
+    kernel_log = params["kernel_log"]
+    if kernel_log not in ("", "auto") and os.path.isdir(kernel_log):
+        module.fail_json(msg="kernel_log %s is a directory: give a file (dmesg output, /dev/kmsg), "
+                             "auto, or an empty string to skip the kernel log" % kernel_log)
     options = Options(
         vms=params["vms"], proc_root=params["proc_root"], sys_root=params["sys_root"],
         libvirt_uri=params["libvirt_uri"], libvirt_run_dir=params["libvirt_run_dir"],
         qemu_log_dir=params["qemu_log_dir"], boot_dir=params["boot_dir"],
-        kernel_log=params["kernel_log"], scan_method=params["scan_method"])
+        kernel_log=kernel_log, scan_method=params["scan_method"],
+        backing_read_limit_mib=params["backing_read_limit_mib"])
     try:
         result = collect(options)
     except UnknownVMError as exc:
         module.fail_json(msg=str(exc), unknown=exc.missing, available=exc.available)
+    except OSError as exc:
+        module.fail_json(msg=describe_os_error(exc, "poison_info could not read the host"),
+                         exception=traceback.format_exc())
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg="poison_info failed unexpectedly: %s" % exc,
                          exception=traceback.format_exc())
+    for name in result["ambiguous_vms"]:
+        pids = [str(vm["pid"]) for vm in result["vms"] if vm["name"] == name]
+        module.warn("%d QEMU processes carry the name %r (pids %s): the name does not tell them "
+                    "apart, so it is listed under ambiguous_vms and never under clean_vms; "
+                    "address them by UUID, or stop the stray QEMU process" % (
+                        len(pids), name, ", ".join(pids)))
     module.exit_json(**result)
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import time
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import backing
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import encoding as enc
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import guard
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import host as hostmod
@@ -25,6 +27,7 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import verdict
 
 SCAN_METHODS = ("auto", "pagemap_scan", "pread")
+DEFAULT_BACKING_READ_LIMIT_MIB = 65536
 
 
 class UnknownVMError(Exception):
@@ -46,7 +49,8 @@ class Options:
     def __init__(self, vms=None, proc_root="/proc", sys_root="/sys",
                  libvirt_uri="qemu:///system", libvirt_run_dir="/run/libvirt/qemu",
                  qemu_log_dir="/var/log/libvirt/qemu", boot_dir="/boot", kernel_log="auto",
-                 scan_method="auto", pagemap_scan=None, reread_delay=pagemap.REREAD_DELAY):
+                 scan_method="auto", pagemap_scan=None, reread_delay=pagemap.REREAD_DELAY,
+                 backing_read_limit_mib=DEFAULT_BACKING_READ_LIMIT_MIB, clock=time.time):
         self.vms = list(vms or [])
         self.proc_root = proc_root
         self.sys_root = sys_root
@@ -62,6 +66,11 @@ class Options:
         # None: probe the running kernel; False: never use it; callable: use that (tests).
         self.pagemap_scan = pagemap_scan
         self.reread_delay = reread_delay
+        if not isinstance(backing_read_limit_mib, int) or backing_read_limit_mib < 0:
+            raise ValueError("backing_read_limit_mib must be a whole number of MiB >= 0 (0: never "
+                             "read shared-memory backing files), got %r" % (backing_read_limit_mib,))
+        self.backing_read_limit_mib = backing_read_limit_mib
+        self.clock = clock
 
 
 def _err(exc):
@@ -92,6 +101,7 @@ class _VM:
         self.start_since_boot = None
         self.start_epoch = None
         self.start_ticks = None
+        self.targets = []
 
     def note(self, source, detail):
         self.evidence.append({"source": source, "detail": detail})
@@ -114,6 +124,8 @@ class _VM:
             "name": self.name,
             "uuid": self.uuid,
             "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "started_at": round(self.start_epoch, 2) if self.start_epoch is not None else None,
             "status": status,
             "poisoned_pages": pages,
             "evidence": self.evidence,
@@ -352,10 +364,35 @@ class Collector:
         ram = set(id(m) for m in procfs.guest_ram_mappings(mappings))
         backing_hugepages = bool((vm.memory_backing or {}).get("hugepages"))
         targets = []
+        undecided = []
+        smaps = None
+        smaps_problem = None
         for mapping in mappings:
             if not procfs.scannable(mapping):
                 continue
-            hugetlb = procfs.is_hugetlb_mapping(mapping, mounts, map_files)
+            guest_ram = id(mapping) in ram
+            hugetlb, why = procfs.hugetlb_state(mapping, mounts, map_files)
+            if hugetlb is None and (guest_ram or (mapping.shared and mapping.writable)):
+                if smaps is None:
+                    try:
+                        smaps = procfs.smaps_hugetlb(self.proc, pid)
+                    except OSError as exc:
+                        smaps = {}
+                        smaps_problem = "%s: %s" % (
+                            os.path.join(self.proc, str(pid), "smaps"), _err(exc))
+                decided = smaps.get((mapping.start, mapping.end))
+                if decided is not None:
+                    hugetlb = decided
+                else:
+                    why += "; %s" % (smaps_problem or "smaps has no entry for it")
+            if hugetlb is None:
+                if guest_ram or (mapping.shared and mapping.writable):
+                    # Not decidable: scanning it as ordinary memory would read its non-present
+                    # huge pages as empty and could call a poisoned VM clean.
+                    undecided.append((mapping, why))
+                    hugetlb = True
+                else:
+                    hugetlb = False
             size = 2 << 20
             if hugetlb:
                 try:
@@ -365,11 +402,35 @@ class Collector:
                         size = 2 << 20
                 except OSError:
                     pass
-            targets.append(pagemap.Target(mapping, guest_ram=id(mapping) in ram,
+            targets.append(pagemap.Target(mapping, guest_ram=guest_ram,
                                           hugetlb=hugetlb, hugepage_size=size))
+        for mapping, why in undecided:
+            vm.note("procfs", "%s at %#x-%#x may be hugetlbfs-backed (%s): treated as hugetlbfs, "
+                              "not scanned as ordinary memory" % (mapping.label, mapping.start,
+                                                                  mapping.end, why))
+            if self.ctx.pagemap_scan is None:
+                vm.incomplete.append(
+                    "whether %s at %#x-%#x is hugetlbfs-backed could not be decided (%s); "
+                    "hugetlbfs pages are invisible to pagemap and this kernel has no "
+                    "PAGEMAP_SCAN (Linux 6.7+); run poison_info as root (CAP_SYS_ADMIN opens "
+                    "/proc/PID/map_files) or on Linux 6.7+" % (
+                        mapping.label, mapping.start, mapping.end, why))
         if backing_hugepages and not any(t.hugetlb for t in targets):
             vm.note("libvirt", "domain XML asks for hugepages but no hugetlbfs mapping was "
-                               "recognised in the QEMU process")
+                               "recognised in the QEMU process: its guest RAM is treated as "
+                               "hugetlbfs, not scanned as ordinary memory")
+            suspects = [t for t in targets if t.guest_ram] or [
+                t for t in targets if t.mapping.writable and t.mapping.size >= (1 << 20)]
+            for target in suspects:
+                target.hugetlb = True
+            if self.ctx.pagemap_scan is None:
+                vm.incomplete.append(
+                    "libvirt's domain XML asks for hugepages (<memoryBacking><hugepages/>) but "
+                    "no hugetlbfs mapping was recognised in QEMU %d; hugetlbfs pages are "
+                    "invisible to pagemap and this kernel has no PAGEMAP_SCAN (Linux 6.7+), so "
+                    "its guest RAM could not be checked; check the hugetlbfs mounts in "
+                    "/proc/%d/mountinfo, or run on Linux 6.7+" % (pid, pid))
+        vm.targets = targets
         return targets
 
     def _process_identity(self, vm):
@@ -639,7 +700,101 @@ class Collector:
                 " (%s PFNs with KPF_HWPOISON)" % self.host.get("poisoned_pfns", "?")))
         return notes
 
+    # -- shared memory ------------------------------------------------------------------------
+    def _unaccounted_pfns(self, selected):
+        """Poisoned PFNs of the host that no scanned page table holds (None: not known)."""
+        pfns = self.ctx.poisoned_pfns if self.ctx is not None else None
+        if pfns is None:
+            return None
+        seen = set()
+        for vm in selected:
+            for hole in vm.holes:
+                if hole.get("pfn") is not None:
+                    seen.add(hole["pfn"])
+        return set(pfns) - seen
+
+    @staticmethod
+    def _shared_ram(vm):
+        targets = [t for t in vm.targets if t.mapping.shared and t.mapping.writable]
+        ram = [t for t in targets if t.guest_ram]
+        if any(t.guest_ram for t in vm.targets):
+            return ram
+        return [t for t in targets if t.mapping.size >= (1 << 20)]
+
+    def shared_memory_evidence(self, vm, unaccounted):
+        """Guest RAM on shared memory (memfd, shmem, hugetlbfs or a file with share=on) keeps a
+        poisoned page in the page cache, where it can hide behind an empty page table entry
+        (QEMU <= 9.2 re-maps the same file offset on a guest reset; pages never touched since).
+        When the host has poisoned PFNs no scanned page table accounts for, such a VM is clean
+        only if its backing reads without error."""
+        if vm.pid is None or vm.holes or vm.scan is None:
+            return
+        targets = self._shared_ram(vm)
+        if not targets:
+            return
+        if unaccounted is None:
+            vm.incomplete.append(
+                "the host's poisoned PFNs are not known (HardwareCorrupted or /proc/kpageflags "
+                "could not be read), so poison hidden in the page cache of its shared-memory guest "
+                "RAM cannot be ruled out; run poison_info as root on the host itself")
+            return
+        if not unaccounted:
+            vm.note("backing_file", "shared-memory guest RAM not read: every poisoned PFN of the "
+                                    "host is accounted for by a scanned page table")
+            return
+        limit = self.o.backing_read_limit_mib << 20
+        total = sum(t.mapping.size for t in targets)
+        why = ("the host has %d poisoned PFN(s) that no scanned page table holds, and a "
+               "poisoned page-cache page of shared memory hides behind an empty page table "
+               "entry" % len(unaccounted))
+        if total > limit:
+            vm.incomplete.append(
+                "%s; its %d MiB of shared-memory guest RAM was not read because "
+                "backing_read_limit_mib is %d: raise backing_read_limit_mib to at least %d to "
+                "read it" % (why, total >> 20, self.o.backing_read_limit_mib,
+                             (total + (1 << 20) - 1) >> 20))
+            return
+        map_files = os.path.join(self.proc, str(vm.pid), "map_files")
+        done = 0
+        for target in targets:
+            mapping = target.mapping
+            path = os.path.join(map_files, "%x-%x" % (mapping.start, mapping.end))
+            outcome = backing.read_range(path, mapping.offset, mapping.size)
+            done += outcome.bytes_read
+            if outcome.bad_offset is not None:
+                page = mapping.start + (outcome.bad_offset - mapping.offset)
+                page &= ~(enc.PAGE_SIZE - 1)
+                vm.holes.append({"hva": page, "pfn": None, "gpa": None,
+                                 "source": "backing_read_eio", "mapping": mapping.label,
+                                 "guest_ram": target.guest_ram})
+                vm.note("backing_file", "reading %s at file offset %#x fails with %s: a "
+                                        "poisoned page sits in its page cache" % (
+                                            mapping.label, outcome.bad_offset, outcome.error))
+                return
+            if outcome.error is not None:
+                vm.incomplete.append(
+                    "%s; reading the backing of %s through %s failed (%s), so it could not be "
+                    "proved readable; run poison_info as root (CAP_SYS_ADMIN is needed to open "
+                    "/proc/PID/map_files) on the host itself" % (
+                        why, mapping.label, path, outcome.error))
+                return
+        vm.note("backing_file", "host has %d unaccounted poisoned PFN(s): read %d MiB of data "
+                                "in %d shared-memory mapping(s) (holes skipped) without error" % (
+                                    len(unaccounted), done >> 20, len(targets)))
+
+    # -- result -------------------------------------------------------------------------------
+    def origin(self):
+        now = self.o.clock()
+        return {
+            "hostname": procfs.hostname(self.proc) or socket.gethostname(),
+            "boot_id": procfs.boot_id(self.proc),
+            "uptime_seconds": procfs.uptime(self.proc),
+            "scanned_at": round(now, 3),
+            "scanned_at_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        }
+
     def run(self):
+        origin = self.origin()
         vms, proc_problem = self.discover()
         if proc_problem:
             self.top_reasons.append(proc_problem)
@@ -654,6 +809,9 @@ class Collector:
                 self.log_evidence(vm, scanned)
                 self.kernel_evidence(vm)
                 self.guard_evidence(vm)
+            unaccounted = self._unaccounted_pfns(selected)
+            for vm in selected:
+                self.shared_memory_evidence(vm, unaccounted)
         finally:
             if self.kpageflags is not None:
                 self.kpageflags.close()
@@ -661,12 +819,28 @@ class Collector:
             self.host.setdefault("notes", []).append(self.kernel_log_problem)
         results = sorted((vm.result() for vm in selected), key=lambda r: (r["name"], r["pid"] or 0))
         self.host["pagemap_scan"] = bool(self.host.get("pagemap_scan"))
+        counts = {}
+        for entry in results:
+            counts[entry["name"]] = counts.get(entry["name"], 0) + 1
+        ambiguous = sorted(name for name, count in counts.items() if count > 1)
+
+        def names(status):
+            listed = []
+            for entry in results:
+                if entry["status"] == status and entry["name"] not in listed:
+                    if status == verdict.CLEAN and entry["name"] in ambiguous:
+                        continue
+                    listed.append(entry["name"])
+            return listed
+
         return {
             "changed": False,
             "vms": results,
-            "poisoned_vms": [r["name"] for r in results if r["status"] == verdict.POISONED],
-            "unknown_vms": [r["name"] for r in results if r["status"] == verdict.UNKNOWN],
-            "clean_vms": [r["name"] for r in results if r["status"] == verdict.CLEAN],
+            "poisoned_vms": names(verdict.POISONED),
+            "unknown_vms": names(verdict.UNKNOWN),
+            "clean_vms": names(verdict.CLEAN),
+            "ambiguous_vms": ambiguous,
+            "origin": origin,
             "host": self.host,
             "discovery": self.discovery,
             "complete": not self.top_reasons,

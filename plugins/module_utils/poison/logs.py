@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import calendar
 import errno
+import gzip
 import os
 import re
 import time
+import zlib
 
 MCE_LINE_RE = re.compile(
     r"Guest (?:MCE )?Memory Error at QEMU addr (?P<hva>0x[0-9a-fA-F]+|\(nil\)) and GUEST addr "
@@ -143,23 +145,66 @@ def read_log_tail(path, limit=MAX_LOG_BYTES):
     return data.decode("utf-8", "replace")
 
 
+_ROTATED_RE_TEMPLATE = r"^%s\.log(?:\.(?P<index>\d+))?(?P<gz>\.gz)?$"
+
+
+def rotated_logs(log_dir, name):
+    """Every file of a domain's log, newest first: ``<name>.log``, then ``<name>.log.0``,
+    ``.log.1``, ... (virtlogd: ``max_backups``, newest is ``.0``; logrotate: newest is ``.1``,
+    older ones compressed ``.log.N.gz``). Raises OSError when ``log_dir`` cannot be listed."""
+    pattern = re.compile(_ROTATED_RE_TEMPLATE % re.escape(name))
+    found = []
+    for entry in os.listdir(log_dir):
+        match = pattern.match(entry)
+        if match:
+            index = -1 if match.group("index") is None else int(match.group("index"))
+            found.append((index, bool(match.group("gz")), entry))
+    found.sort()
+    return [os.path.join(log_dir, entry) for _index, _gz, entry in found]
+
+
+def read_log_file(path, limit=MAX_LOG_BYTES):
+    """Text of one log file (its last ``limit`` bytes); ``.gz`` files are decompressed."""
+    if not path.endswith(".gz"):
+        return read_log_tail(path, limit)
+    with gzip.open(path, "rb") as handle:
+        data = b""
+        while True:
+            block = handle.read(1 << 20)
+            if not block:
+                break
+            data = (data + block)[-limit:]
+    return data.decode("utf-8", "replace")
+
+
 def domain_log_text(log_dir, name):
-    """``<name>.log.0`` (older, rotated by virtlogd) followed by ``<name>.log``.
+    """The domain's log from the start of the current QEMU lifetime: ``<name>.log`` and as many
+    rotated files (``.log.0``, ``.log.1``, ..., ``.log.N.gz``) as it takes to reach the last
+    ``starting up`` header, joined oldest first.
 
     Returns ``(text, [paths read], [problems])``; text is None when no log could be read.
     """
     paths = []
     problems = []
     parts = []
-    for suffix in (".log.0", ".log"):
-        path = os.path.join(log_dir, name + suffix)
+    try:
+        candidates = rotated_logs(log_dir, name)
+    except FileNotFoundError:
+        return None, paths, problems
+    except OSError as exc:
+        return None, paths, ["%s: %s" % (log_dir, exc.strerror or exc)]
+    for path in candidates:
         try:
-            parts.append(read_log_tail(path))
-            paths.append(path)
+            text = read_log_file(path)
         except FileNotFoundError:
+            continue  # rotated away while listing
+        except (OSError, EOFError, zlib.error) as exc:
+            problems.append("%s: %s" % (path, getattr(exc, "strerror", None) or exc))
             continue
-        except OSError as exc:
-            problems.append("%s: %s" % (path, exc.strerror or exc))
+        parts.insert(0, text)
+        paths.insert(0, path)
+        if any(STARTING_RE.match(line) for line in text.splitlines()):
+            break  # the current lifetime starts in this file: older files hold older lifetimes
     return ("\n".join(parts) if parts else None), paths, problems
 
 

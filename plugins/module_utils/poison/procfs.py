@@ -295,20 +295,60 @@ def hugetlbfs_mounts(proc_root, pid):
 def is_hugetlb_mapping(mapping, hugetlb_mount_points, map_files_dir=None):
     """hugetlbfs-backed: anonymous MAP_HUGETLB, a file under a hugetlbfs mount, or (when
     ``/proc/PID/map_files`` can be statted) a backing file with a huge block size (memfd
-    ``hugetlb=on`` included)."""
+    ``hugetlb=on`` included). An undecidable mapping counts as not hugetlbfs here; use
+    ``hugetlb_state`` to tell the two apart."""
+    return hugetlb_state(mapping, hugetlb_mount_points, map_files_dir)[0] is True
+
+
+def hugetlb_state(mapping, hugetlb_mount_points, map_files_dir=None):
+    """``(True | False | None, why)``: whether a mapping is hugetlbfs-backed; None when it
+    could not be decided (a file mapping whose ``map_files`` entry cannot be statted: the
+    kernel lets only CAP_SYS_ADMIN follow those links, and a memfd's name does not say whether
+    it was created with MFD_HUGETLB)."""
     path = strip_deleted(mapping.path)
     if path.startswith("/anon_hugepage"):
-        return True
+        return True, "anonymous MAP_HUGETLB mapping"
     for mount in hugetlb_mount_points:
         if path == mount or path.startswith(mount.rstrip("/") + "/"):
-            return True
+            return True, "file under the hugetlbfs mount %s" % mount
     if map_files_dir and mapping.path and not mapping.path.startswith("["):
+        link = os.path.join(map_files_dir, "%x-%x" % (mapping.start, mapping.end))
         try:
-            st = os.stat(os.path.join(map_files_dir, "%x-%x" % (mapping.start, mapping.end)))
-        except OSError:
-            return False
-        return _is_hugetlbfs_blksize(st.st_blksize)
-    return False
+            st = os.stat(link)
+        except OSError as exc:
+            return None, "%s cannot be statted (%s)" % (link, exc.strerror or exc)
+        if _is_hugetlbfs_blksize(st.st_blksize):
+            return True, "backing file block size %d" % st.st_blksize
+        return False, "backing file block size %d" % st.st_blksize
+    return False, "anonymous or pseudo mapping"
+
+
+def smaps_hugetlb(proc_root, pid):
+    """``{(start, end): True/False}`` from ``/proc/PID/smaps``: True for hugetlbfs VMAs
+    (``VmFlags`` holds ``ht``, or ``KernelPageSize`` is above the base page size). Readable with
+    ptrace read access, no CAP_SYS_ADMIN needed; raises OSError when it is not readable.
+    (Costs a page-table walk per VMA: read only when ``map_files`` cannot decide.)"""
+    result = {}
+    current = None
+    for line in read_text(_path(proc_root, pid, "smaps")).splitlines():
+        head = line.split(None, 1)[0] if line.strip() else ""
+        if "-" in head and not head.endswith(":"):
+            try:
+                start, end = (int(x, 16) for x in head.split("-"))
+            except ValueError:
+                continue
+            current = (start, end)
+            result[current] = False
+        elif current is not None and head == "KernelPageSize:":
+            try:
+                if int(line.split()[1]) * 1024 > PAGE_SIZE:
+                    result[current] = True
+            except (IndexError, ValueError):
+                pass
+        elif current is not None and head == "VmFlags:":
+            if "ht" in line.split()[1:]:
+                result[current] = True
+    return result
 
 
 def _is_hugetlbfs_blksize(blksize):
@@ -413,6 +453,33 @@ def boot_time(proc_root):
     except (OSError, ValueError):
         return None
     return None
+
+
+def boot_id(proc_root):
+    """The kernel's boot id (``<proc_root>/sys/kernel/random/boot_id``, a random UUID drawn at
+    every boot, the same in every container of the host) or None."""
+    try:
+        value = read_text(_path(proc_root, "sys", "kernel", "random", "boot_id")).strip()
+    except OSError:
+        return None
+    return value.lower() or None
+
+
+def uptime(proc_root):
+    """Seconds since boot (first field of ``<proc_root>/uptime``) or None."""
+    try:
+        return float(read_text(_path(proc_root, "uptime")).split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def hostname(proc_root):
+    """The host name (``<proc_root>/sys/kernel/hostname``, the UTS name of the reader) or None."""
+    try:
+        value = read_text(_path(proc_root, "sys", "kernel", "hostname")).strip()
+    except OSError:
+        return None
+    return value or None
 
 
 def clock_ticks():

@@ -37,10 +37,16 @@ POISON_RESULT = {
     "poisoned_vms": ["db 02 $(touch .pwned)"],
     "unknown_vms": ["cache03"],
     "clean_vms": ["web01"],
+    "origin": {"hostname": "hv1", "boot_id": "4c2f6b8e-1d3a-4e5f-9a7b-0c1d2e3f4a5b",
+               "uptime_seconds": 5000.25, "scanned_at": 1764055000.25,
+               "scanned_at_iso": "2025-11-25T07:16:40Z"},
 }
+# What `cat /proc/sys/kernel/random/boot_id /proc/uptime /proc/sys/kernel/hostname` prints on
+# the host of POISON_RESULT 30 s after its scan (formats as the kernel prints them).
+HOST_NOW = "4c2f6b8e-1d3a-4e5f-9a7b-0c1d2e3f4a5b\n5030.25 9540.11\nhv1\n"
 
 
-def make_action(args, check_mode=False, execute_result=None):
+def make_action(args, check_mode=False, execute_result=None, host_now=HOST_NOW):
     task = Task()
     task.action = "kvm_ras.poison_guard.migration_gate"
     task.args = args
@@ -58,12 +64,20 @@ def make_action(args, check_mode=False, execute_result=None):
         return dict(execute_result if execute_result is not None else POISON_RESULT)
 
     action._execute_module = fake_execute_module
+
+    def fake_low_level(cmd, sudoable=True, **kwargs):
+        action.raw_calls.append(cmd)
+        return {"rc": 0, "stdout": host_now, "stderr": ""}
+
+    action.raw_calls = []
+    action._low_level_execute_command = fake_low_level
     return action, calls
 
 
 def test_argument_spec_comes_from_the_documented_options_and_matches_the_decision_table():
     spec = action_mod.ARGUMENT_SPEC
-    assert set(spec) == {"vms", "operation", "on_poisoned", "on_unknown", "poison_info"}
+    assert set(spec) == {"vms", "operation", "on_poisoned", "on_unknown", "poison_info", "max_result_age"}
+    assert spec["max_result_age"] == {"type": "int", "default": gate.DEFAULT_MAX_RESULT_AGE}
     assert spec["operation"]["choices"] == list(gate.OPERATIONS)
     assert spec["on_poisoned"]["choices"] == list(gate.ON_POISONED)
     assert spec["on_unknown"]["choices"] == list(gate.ON_UNKNOWN)
@@ -191,3 +205,60 @@ def test_failing_poison_info_on_the_host_blocks_everything():
     assert "kvm_ras.poison_guard.poison_info failed on this host" in text
     assert "fail closed" in text and "libvirt: permission denied" in text
     assert err.value.result["allowed"] == []
+
+
+# -- issue 13: the gate decides only on this host's own, fresh result -----------------------------
+def test_result_of_this_host_and_boot_is_accepted_with_its_age():
+    action, calls = make_action({"poison_info": POISON_RESULT, "vms": ["web01"]})
+    result = action.run(task_vars={})
+    assert result["allowed"] == ["web01"]
+    assert result["poison_info_age_seconds"] == 30.0
+    assert action.raw_calls == [action_mod.IDENTITY_COMMAND] and calls == []
+
+
+def test_gathered_result_needs_no_identity_check():
+    action, _calls = make_action({"vms": ["web01"]})
+    action.run(task_vars={})
+    assert action.raw_calls == []
+
+
+@pytest.mark.parametrize("host_now,needle", [
+    # another host: other boot id, other host name
+    ("9d8c7b6a-5f4e-4d3c-8b2a-190817263544\n12.00 20.00\nhv2\n",
+     "taken on another host (hv1, boot 4c2f6b8e-1d3a-4e5f-9a7b-0c1d2e3f4a5b), not on hv2"),
+    # the same host rebooted since the scan
+    ("9d8c7b6a-5f4e-4d3c-8b2a-190817263544\n12.00 20.00\nhv1\n",
+     "taken on hv1 during another boot"),
+    # 301 s after the scan
+    ("4c2f6b8e-1d3a-4e5f-9a7b-0c1d2e3f4a5b\n5301.25 9540.11\nhv1\n",
+     "is 301 s old"),
+    # boot id not readable
+    ("\n5030.25 9540.11\nhv1\n", "boot id of this host could not be read"),
+])
+def test_foreign_rebooted_or_stale_result_blocks_everything(host_now, needle):
+    action, _calls = make_action({"poison_info": POISON_RESULT, "vms": ["web01"]}, host_now=host_now)
+    with pytest.raises(AnsibleActionFail) as err:
+        action.run(task_vars={})
+    assert needle in str(err.value)
+    assert "fail closed" in str(err.value)
+    assert err.value.result["allowed"] == []
+
+
+def test_max_result_age_zero_accepts_an_old_result_of_this_boot_only():
+    old = "4c2f6b8e-1d3a-4e5f-9a7b-0c1d2e3f4a5b\n99999.00 1.00\nhv1\n"
+    action, _calls = make_action({"poison_info": POISON_RESULT, "vms": ["web01"], "max_result_age": 0},
+                                 host_now=old)
+    assert action.run(task_vars={})["allowed"] == ["web01"]
+    other_boot = "9d8c7b6a-5f4e-4d3c-8b2a-190817263544\n12.00 20.00\nhv1\n"
+    action, _calls = make_action({"poison_info": POISON_RESULT, "vms": ["web01"], "max_result_age": 0},
+                                 host_now=other_boot)
+    with pytest.raises(AnsibleActionFail):
+        action.run(task_vars={})
+
+
+def test_result_without_origin_is_refused():
+    legacy = {key: value for key, value in POISON_RESULT.items() if key != "origin"}
+    action, _calls = make_action({"poison_info": legacy, "vms": ["web01"]})
+    with pytest.raises(AnsibleActionFail) as err:
+        action.run(task_vars={})
+    assert "does not say which host and boot" in str(err.value)

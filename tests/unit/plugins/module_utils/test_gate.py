@@ -223,3 +223,59 @@ def test_bad_options_are_rejected(kwargs, needle):
     with pytest.raises(gate.GateInputError) as err:
         gate.evaluate({"vms": []}, **kwargs)
     assert needle in str(err.value)
+
+
+# -- issue 13: exact identity ----------------------------------------------------------------------
+def _twins():
+    """Two QEMU processes both named web01 (one clean, one poisoned), as poison_info reports a
+    stray QEMU started by hand next to libvirt's, plus a unique db01."""
+    return {"vms": [
+        {"name": "web01", "uuid": "11111111-2222-4333-8444-555555555555", "pid": 1000,
+         "start_ticks": 10000, "status": "clean", "evidence": [], "migration_guard": True,
+         "reasons": []},
+        {"name": "web01", "uuid": "11111111-2222-4333-8444-555555555556", "pid": 1500,
+         "start_ticks": 20000, "status": "poisoned", "evidence": [], "migration_guard": False,
+         "reasons": []},
+        {"name": "db01", "uuid": None, "pid": 1001, "start_ticks": 10001, "status": "clean",
+         "evidence": [], "migration_guard": True, "reasons": []},
+    ]}
+
+
+@pytest.mark.parametrize("on_unknown", ON_UNKNOWN)
+def test_a_name_matching_two_vms_is_blocked_and_says_so(on_unknown):
+    out = gate.evaluate(_twins(), ["web01", "db01"], on_poisoned="skip", on_unknown=on_unknown)
+    assert out["allowed"] == ["db01"]
+    [blocked] = out["blocked"]
+    assert blocked["name"] == "web01" and blocked["status"] == "unknown"
+    assert blocked["reason"].startswith("2 VMs in the poison_info result answer to 'web01'")
+    assert "pid 1000" in blocked["reason"] and "pid 1500" in blocked["reason"]
+    assert out["failed"] is (on_unknown != "skip")
+
+
+def test_a_uuid_of_a_vm_whose_name_is_shared_is_blocked_too():
+    out = gate.evaluate(_twins(), ["11111111-2222-4333-8444-555555555555"], on_unknown="allow")
+    assert out["allowed"] == []
+    assert "answer to 'web01'" in out["blocked"][0]["reason"]
+
+
+def test_without_vms_every_vm_is_decided_on_its_own_and_twins_are_blocked():
+    out = gate.evaluate(_twins(), None, on_poisoned="skip", on_unknown="skip")
+    assert out["allowed"] == ["db01"]
+    assert [b["name"] for b in out["blocked"]] == ["web01", "web01"]
+    assert [d["pid"] for d in out["decisions"]] == [1000, 1500, 1001]
+    assert [d["start_ticks"] for d in out["decisions"]] == [10000, 20000, 10001]
+
+
+@pytest.mark.parametrize("on_unknown", ON_UNKNOWN)
+def test_a_vm_absent_from_the_result_is_never_allowed(on_unknown):
+    out = gate.evaluate(_twins(), ["ghost"], on_unknown=on_unknown)
+    assert out["allowed"] == []
+    assert out["decisions"][0]["in_poison_info"] is False
+
+
+def test_twins_with_a_poisoned_one_fail_under_on_poisoned_fail_even_with_on_unknown_skip():
+    out = gate.evaluate(_twins(), ["web01"], on_poisoned="fail", on_unknown="skip")
+    assert out["allowed"] == [] and out["failed"] is True
+    assert [e["detail"] for e in out["blocked"][0]["evidence"]] == [
+        "web01: clean (pid 1000, uuid 11111111-2222-4333-8444-555555555555)",
+        "web01: poisoned (pid 1500, uuid 11111111-2222-4333-8444-555555555556)"]

@@ -21,6 +21,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import migration
 from ansible_collections.kvm_ras.poison_guard.plugins.modules import live_migrate
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 
@@ -217,12 +218,44 @@ def world(monkeypatch):
     w.add(SRC, "11111111-1111-1111-1111-111111111111")
     w.add(DST, "22222222-2222-2222-2222-222222222222")
     monkeypatch.setattr(live_migrate, "libvirt", FakeLibvirt(w))
+    # The poison check right before the migration (poison_check=true) runs the detection core on
+    # this machine's /proc; here it is replaced by a stand-in returning w.poison_verdict for the
+    # exact domain asked for (its own tests run the real core on fixture trees).
+    w.poison_verdict = "clean"
+    w.poison_checks = []
+
+    def fake_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, options=None):
+        w.poison_checks.append((uuid, name, source_uri, on_unknown))
+        entry = {"name": name, "uuid": uuid, "pid": 4242, "start_ticks": 1234, "status": w.poison_verdict,
+                 "reasons": [] if w.poison_verdict != "unknown" else ["/proc/4242/pagemap: permission denied"],
+                 "poisoned_pages": [{"hva": "0x7fafe2145000", "pfn": "0xf945", "gpa": "0x2345000",
+                                     "source": "pagemap_hwpoison"}] if w.poison_verdict == "poisoned" else [],
+                 "evidence": [{"source": "pagemap", "detail": "1 poisoned page(s)"}]
+                 if w.poison_verdict == "poisoned" else [], "migration_guard": False}
+        return migration.poison_precheck(uuid, name, source_uri, on_unknown,
+                                         collect=lambda _opts: {"vms": [entry], "origin": {}})
+
+    monkeypatch.setattr(live_migrate, "poison_precheck", fake_precheck)
+
+    # module.warn() records the warning for the result (or prints it when ansible-core thinks it
+    # runs on the controller, as it does once an action plugin test imported controller code):
+    # collect them here and hand them back the way exit_json would.
+    w.warnings = []
+
+    def warn(self, warning, **_kwargs):
+        w.warnings.append(warning)
 
     def exit_json(self, **kwargs):
+        assert "warnings" not in kwargs, "warnings= in exit_json is deprecated: use module.warn()"
+        kwargs["warnings"] = list(w.warnings)
         raise Exit(False, kwargs)
 
     def fail_json(self, **kwargs):
+        assert "warnings" not in kwargs, "warnings= in fail_json is deprecated: use module.warn()"
+        kwargs["warnings"] = list(w.warnings)
         raise Exit(True, kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, "warn", warn)
 
     monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
     monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
@@ -444,3 +477,89 @@ def test_bad_input_fails_before_connecting(world, args, needle):
     assert out.failed is True
     assert needle in out.result["msg"]
     assert not [c for c in world.calls if c[0] in ("open", "openReadOnly")]
+
+
+# -- issue 13 ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("verdict,klass,needle", [
+    ("poisoned", "poisoned", "is poisoned: " + UPSTREAM_REFUSAL),
+    ("unknown", "poison_unknown", "its poison status is unknown: /proc/4242/pagemap: permission denied"),
+])
+def test_vm_not_clean_at_the_last_scan_is_not_migrated(world, verdict, klass, needle):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.poison_verdict = verdict
+    out = run({})
+    assert out.failed is True
+    assert needle in out.result["msg"] and "Nothing was started" in out.result["msg"]
+    assert out.result["failure"]["class"] == klass
+    assert out.result["poison_check"]["status"] == verdict and out.result["poison_check"]["pid"] == 4242
+    assert world.poison_checks == [("uuid-of-" + NAME, NAME, SRC, "fail")]
+    assert not [c for c in world.calls if c[0].startswith("migrate")]
+    assert world.hosts[SRC].domains[NAME]["active"] is True and NAME not in world.hosts[DST].domains
+
+
+def test_clean_vm_is_scanned_once_right_before_it_is_migrated(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    out = run({})
+    assert out.failed is False and out.result["migrated"] is True
+    assert out.result["poison_check"]["status"] == "clean"
+    assert world.poison_checks == [("uuid-of-" + NAME, NAME, SRC, "fail")]
+
+
+def test_unknown_vm_goes_with_on_unknown_allow_and_a_warning(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.poison_verdict = "unknown"
+    out = run({"on_unknown": "allow"})
+    assert out.failed is False and out.result["migrated"] is True
+    assert any("on_unknown=allow" in w for w in out.result["warnings"])
+
+
+def test_poison_check_false_skips_the_scan(world):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.poison_verdict = "poisoned"
+    out = run({"poison_check": False})
+    assert out.result["poison_check"] is None and world.poison_checks == []
+
+
+def test_poison_check_refuses_a_remote_source_uri_before_connecting(world):
+    out = run({"source_uri": "qemu+ssh://root@hv1/system"})
+    assert out.failed is True
+    assert "poison_check=true scans the VM's QEMU process on the host the module runs on" in out.result["msg"]
+    assert world.calls == []
+
+
+@pytest.mark.parametrize("args,needle", [
+    ({"tunnelled": True, "peer2peer": False}, "tunnelled=true needs peer2peer=true"),
+    ({"name": ""}, "name is empty"),
+    ({"timeout": 0}, "timeout must be a positive number"),
+])
+def test_bad_input_is_reported_on_a_host_without_python3_libvirt(world, monkeypatch, args, needle):
+    monkeypatch.setattr(live_migrate, "libvirt", None)
+    out = run(args)
+    assert out.failed is True
+    assert needle in out.result["msg"]
+    assert "libvirt-python" not in out.result["msg"]
+
+
+def test_good_input_on_a_host_without_python3_libvirt_names_the_library(world, monkeypatch):
+    monkeypatch.setattr(live_migrate, "libvirt", None)
+    out = run({})
+    assert out.failed is True and "python3-libvirt" in out.result["msg"]
+
+
+def test_raw_os_error_becomes_a_sentence_with_the_path_and_the_fix(world, monkeypatch):
+    world.hosts[SRC].domains[NAME] = {"active": True}
+
+    def broken(*_args, **_kwargs):
+        raise IsADirectoryError(21, "Is a directory", "/var/lib/libvirt/qemu/save")
+
+    monkeypatch.setattr(live_migrate, "poison_precheck", broken)
+    out = run({})
+    assert out.failed is True
+    assert "[Errno" not in out.result["msg"]
+    assert "/var/lib/libvirt/qemu/save" in out.result["msg"] and "give the path of a file" in out.result["msg"]
+
+
+def test_live_migrate_passes_no_warnings_to_exit_json():
+    """ansible-core 2.19 deprecates warnings= in exit_json/fail_json; the module uses module.warn."""
+    import inspect
+    assert "warnings=" not in inspect.getsource(live_migrate)

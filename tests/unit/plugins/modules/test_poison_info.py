@@ -21,6 +21,7 @@ if str(FIXTURES) not in sys.path:
     sys.path.insert(0, str(FIXTURES))
 
 import scenarios  # noqa: E402
+from procfs_builder import Proc  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = str(BIN / "ansible-playbook") if (BIN / "ansible-playbook").exists() \
@@ -61,6 +62,12 @@ def results(tmp_path_factory):
     kvmmce = scenarios.kvmmce_61(top / "kvmmce").write()
     reset = scenarios.kvm_reset_61(top / "reset").write()
     clean = scenarios.clean_host(top / "clean").write()
+    # issue 13: a second QEMU started by hand with libvirt's VM name
+    twins = scenarios.clean_host(top / "twins")
+    twins.add(Proc(1500, scenarios.libvirt_argv("web01", "11111111-2222-4333-8444-555555555556"),
+                   maps=scenarios.ram_maps(0x7F3000000000, 8 << 20), fds={20: "anon_inode:kvm-vm"},
+                   binary=scenarios.QEMU_VERSION_BANNER))
+    twins.write()
     cases = {
         "poisoned": (kvmmce.module_args(), False),
         "poisoned_check": (kvmmce.module_args(), True),
@@ -71,6 +78,9 @@ def results(tmp_path_factory):
         "bad_method": (clean.module_args(scan_method="fast"), False),
         "empty_vm_name": (clean.module_args(vms=["web01", " "]), False),
         "bogus_option": (dict(clean.module_args(), bogus=1), False),
+        "twins": (twins.module_args(), False),
+        "kernel_log_dir": (clean.module_args(kernel_log=str(top)), False),
+        "negative_limit": (clean.module_args(backing_read_limit_mib=-1), False),
     }
     varfile = top / "vars.json"
     result_file = top / "results.json"
@@ -86,7 +96,9 @@ def results(tmp_path_factory):
                           "-e", "@%s" % varfile, str(playbook)],
                          capture_output=True, text=True, env=env, timeout=900, check=False)
     assert out.returncode == 0 and result_file.exists(), out.stdout + out.stderr
-    return {r["item"]["id"]: r for r in json.loads(result_file.read_text())}
+    found = {r["item"]["id"]: r for r in json.loads(result_file.read_text())}
+    found["_output"] = out.stdout + out.stderr  # ansible-core 2.19 prints module warnings there
+    return found
 
 
 @pytest.mark.parametrize("case", ["poisoned", "poisoned_check"])
@@ -133,6 +145,8 @@ def test_unreadable_proc_root_is_not_a_traceback(results):
     ("bad_method", "value of scan_method must be one of"),
     ("empty_vm_name", "vms holds an empty name"),
     ("bogus_option", "Unsupported parameters"),
+    ("kernel_log_dir", "is a directory: give a file (dmesg output, /dev/kmsg), auto, or an empty string"),
+    ("negative_limit", "backing_read_limit_mib must be 0 or more"),
 ])
 def test_bad_input_is_refused_with_the_fix(results, case, message):
     result = results[case]
@@ -149,3 +163,15 @@ def test_documentation_renders():
                             "kernel_log", "scan_method"}
     assert doc["doc"]["attributes"]["check_mode"]["support"] == "full"
     assert "poisoned_vms" in doc["return"]
+
+
+def test_two_vms_with_one_name_are_not_listed_silently(results):
+    """Issue 13: the name is in ambiguous_vms, not in clean_vms, and the run warns about it."""
+    result = results["twins"]
+    assert not result.get("failed"), result
+    assert [vm["pid"] for vm in result["vms"] if vm["name"] == "web01"] == [1000, 1500]
+    assert result["ambiguous_vms"] == ["web01"] and result["clean_vms"] == ["db01"]
+    output = " ".join(results["_output"].split())
+    assert "2 QEMU processes carry the name 'web01' (pids 1000, 1500)" in output
+    assert result["origin"]["boot_id"] == "4c2f6b8e-1d3a-4e5f-9a7b-0c1d2e3f4a5b"
+    assert all(isinstance(vm["start_ticks"], int) for vm in result["vms"])
