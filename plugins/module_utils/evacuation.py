@@ -938,11 +938,12 @@ def vm_outcome(vm, results):
     ``vm``: its plan entry. ``results``: {reboot, recheck, gate, migrate, cold} registered
     task results (missing or skipped when the step did not run).
     Returns {name, action, target, result (moved/not_moved/not_started), failure_class,
-    message, duration_s, steps: [..]}.
+    message, duration_s, started_at, steps: [..]}.
     """
     results = results or {}
     out = {"name": vm["name"], "action": vm["action"], "target": vm.get("target"), "result": "not_started",
-           "failure_class": None, "message": None, "duration_s": None, "steps": [], "recheck_status": None}
+           "failure_class": None, "message": None, "duration_s": None, "started_at": None, "steps": [],
+           "recheck_status": None}
     entry = results.get("journal")
     if _ran(entry) and _failed(entry):
         out["steps"].append("journal entry on the source: failed")
@@ -982,6 +983,7 @@ def vm_outcome(vm, results):
             out["message"] = "the migration step did not run (the run stopped or this host failed earlier)"
         return out
     out["duration_s"] = move.get("duration_seconds")
+    out["started_at"] = move.get("started_at")
     if out["duration_s"] is None and isinstance(move.get("job"), dict) and move["job"].get("duration_ms") is not None:
         out["duration_s"] = round(move["job"]["duration_ms"] / 1000.0, 3)
     out["running_on"] = move.get("running_on")
@@ -1153,6 +1155,7 @@ def build_report(request, plan, outcomes, records, run, restored=None, resumed=N
             "running_on": record["running_on"],
             "defined_on": record["defined_on"],
             "duration_s": outcome.get("duration_s"),
+            "started_at": outcome.get("started_at"),
             "failure_class": outcome.get("failure_class"),
             "reason": reason,
             "steps": outcome.get("steps") or [],

@@ -433,15 +433,27 @@ def _start_abort(abort, outcome, clock):
     return aborter
 
 
+def progress_record(elapsed, stats, phase="running"):
+    """What a person watching the migration needs (written to the progress file each poll):
+    libvirt's byte counters, the transfer rate, the pass over guest memory, and the phase."""
+    record = {"elapsed_s": round(elapsed, 1), "phase": phase}
+    for key in ("data_total", "data_processed", "data_remaining", "memory_total", "memory_processed",
+                "memory_remaining", "memory_bps", "memory_iteration", "memory_dirty_rate"):
+        if stats and stats.get(key) is not None:
+            record[key] = stats[key]
+    return record
+
+
 def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=None,
-              abort_grace=60.0, clock=time.monotonic, max_samples=20):
+              abort_grace=60.0, clock=time.monotonic, max_samples=20, on_progress=None):
     """Run ``start()`` (the blocking libvirt migrate call) in a thread and watch it.
 
     Every ``poll_interval`` seconds ``poll()`` returns libvirt job statistics (or None). When
     ``timeout`` seconds have passed: if ``switch_to_postcopy`` is given it is called once and a
     second ``timeout`` window is granted (post-copy cannot be aborted); otherwise ``abort()``
     asks libvirt to cancel the job (in a thread of its own, so polling goes on) and we wait up
-    to ``abort_grace`` seconds for ``start()`` to return. Returns a dict describing what
+    to ``abort_grace`` seconds for ``start()`` to return. ``on_progress(record)``, when given, is
+    called after every poll with ``progress_record()`` (its errors never stop the watch). Returns a dict describing what
     happened (``error`` holds the exception ``start()`` raised, if any; ``abort_pending`` is
     true when the abort call itself had not returned at the end).
     """
@@ -487,6 +499,13 @@ def supervise(start, poll, abort, timeout, poll_interval, switch_to_postcopy=Non
             outcome["last_stats"] = stats
             outcome["progress"].append(progress_sample(now - begin, stats))
             del outcome["progress"][:-max_samples]
+        if on_progress is not None:
+            phase = ("aborting" if outcome["abort_requested"] else
+                     "post-copy" if outcome["postcopy_started"] else "running")
+            try:
+                on_progress(progress_record(now - begin, stats, phase))
+            except Exception:  # pylint: disable=broad-exception-caught  # a progress file must never stop a migration
+                pass
         if abort_deadline is not None:
             if now >= abort_deadline:
                 break

@@ -39,6 +39,20 @@ requirements:
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE
+attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+    details:
+      - The action plugin shows the migration's progress while it runs when the task has C(async).
+  async:
+    description: Supports being used with the C(async) keyword.
+    support: full
+    details:
+      - With C(async) and C(poll: 0) the task still waits for the migration, and prints a line every
+        O(progress_interval) seconds (VM, target, percent of memory transferred, rate, time left),
+        in ansible-playbook and in AWX job output. The task holds its worker until the migration
+        ends, so C(throttle) still bounds how many migrations run at once.
 options:
   name:
     description:
@@ -147,6 +161,17 @@ options:
         checks).
     type: float
     default: 1.0
+  progress_interval:
+    description:
+      - With C(async) on the task, seconds between two progress lines (read on the controller).
+    type: int
+    default: 5
+  progress_file:
+    description:
+      - Where the module writes the migration's progress on the source (JSON, replaced at every
+        O(poll_interval)). The action plugin sets it when the task runs with C(async); there is no
+        need to set it yourself.
+    type: path
   poison_check:
     description:
       - Scan the VM's QEMU process for poisoned guest memory right before the migration starts
@@ -308,6 +333,17 @@ job:
     data_remaining_bytes: 0
     memory_iterations: 2
     job_type: completed
+started_at:
+  description: When the migration call started (UTC, ISO 8601); the evacuation report's timeline uses it.
+  returned: when a migration was started
+  type: str
+  sample: "2026-12-06T03:30:12Z"
+progress_lines:
+  description: The progress lines printed while the task ran with C(async) (see O(progress_interval)).
+  returned: when the task ran with C(async)
+  type: list
+  elements: str
+  sample: ["vm1 -> hv2: 75% of 256.0 MiB, 1.0 MiB/s, about 64 s left (pass 1, 3 min 12 s so far)"]
 duration_seconds:
   description: Wall-clock seconds from the start of the migration call to its end.
   returned: when a migration was started
@@ -363,7 +399,10 @@ postcopy_started:
   sample: false
 """
 
+import json
+import os
 import re
+import tempfile
 import time
 import traceback
 
@@ -383,6 +422,7 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration imp
     resolve_flags,
     resolve_params,
     shape_job_stats,
+    progress_record,
     supervise,
     where_running,
 )
@@ -417,6 +457,8 @@ ARGUMENT_SPEC = dict(
     unsafe=dict(type="bool", default=False),
     timeout=dict(type="float", default=600),
     poll_interval=dict(type="float", default=1.0),
+    progress_interval=dict(type="int", default=5),
+    progress_file=dict(type="path"),
     poison_check=dict(type="bool", default=True),
     on_unknown=dict(type="str", choices=list(POISON_CHECK_ON_UNKNOWN), default="fail"),
 )
@@ -647,8 +689,13 @@ class LiveMigration:
                 ctl.migrateStartPostCopy(0)
 
         wall = time.time()
+        self.result["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+        write_progress = self.progress_writer()
+        if write_progress:
+            write_progress(progress_record(0.0, None, "starting"))
         outcome = supervise(start, poll, ctl.abortJob, self.params["timeout"], self.params["poll_interval"],
-                            switch_to_postcopy=switch, abort_grace=ABORT_GRACE_SECONDS)
+                            switch_to_postcopy=switch, abort_grace=ABORT_GRACE_SECONDS,
+                            on_progress=write_progress)
         self.result["duration_seconds"] = round(time.time() - wall, 3)
         self.result["aborted"] = outcome["abort_requested"]
         self.result["postcopy_started"] = outcome["postcopy_started"]
@@ -699,6 +746,28 @@ class LiveMigration:
         _close(self.control)
         _close(self.dest)
         _close(self.source)
+
+    def progress_writer(self):
+        """A function that replaces the progress file atomically, or None without one."""
+        path = self.params["progress_file"]
+        if not path:
+            return None
+        directory = os.path.dirname(path) or "."
+
+        def write(record):
+            record = dict(record, vm=self.params["name"], dest_uri=self.params["dest_uri"])
+            handle, temp = tempfile.mkstemp(prefix=".progress.", dir=directory)
+            try:
+                with os.fdopen(handle, "w") as stream:
+                    json.dump(record, stream)
+                os.replace(temp, path)
+            except OSError:
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+                raise
+        return write
 
 
 def main():

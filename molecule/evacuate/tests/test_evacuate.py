@@ -371,6 +371,8 @@ def test_poisoned_guest_stays_with_leave_and_the_others_move(poisoned):
     assert any(e["source"] == "pagemap" for e in victim["evidence"]), victim["evidence"]
     for other in others:
         assert entries[other]["status"] == "migrated", entries[other]
+    assert not re.search(r"\[vm\d{3}@", proc.stdout), "a per-VM host without its VM's name"
+    assert re.search(r" \(vm\d{3}@%s\)" % re.escape(host), proc.stdout), "no per-VM host named after its VM"
     where = assert_every_guest_runs_once()
     assert where[name] == [host]
     for other in others:
