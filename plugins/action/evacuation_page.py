@@ -7,22 +7,19 @@ The page's content and chart are computed in plugins/plugin_utils/evacuation_pag
 
 from __future__ import annotations
 
-import os
-
 import jinja2
 
-from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    argument_spec_from_doc,
+    read_page_template,
+)
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_page import DOCUMENTATION
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_page
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
-
-# The page template shipped with the collection (plugins/action/ -> collection root).
-DEFAULT_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
-                                "playbooks", "templates", "evacuation_report.html.j2")
 
 
 class ActionModule(ActionBase):
@@ -34,18 +31,7 @@ class ActionModule(ActionBase):
     _supports_async = False
 
     def _template_text(self, name):
-        if name:
-            try:
-                path = self._find_needle("templates", name)
-            except AnsibleError as exc:
-                raise AnsibleActionFail("html_template %r not found: %s" % (name, exc)) from exc
-        else:
-            path = os.path.normpath(DEFAULT_TEMPLATE)
-        try:
-            with open(path, "r", encoding="utf-8") as handle:
-                return handle.read()
-        except OSError as exc:
-            raise AnsibleActionFail("cannot read the HTML template %s: %s" % (path, exc)) from exc
+        return read_page_template(self, name, "evacuation_report.html.j2")
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

@@ -10,25 +10,11 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc, by_host
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_plan import DOCUMENTATION
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
-
-
-def by_host(results):
-    """Loop results (each with ``item`` = host) or a dict host -> result -> dict host -> result."""
-    if isinstance(results, dict):
-        if isinstance(results.get("results"), list):
-            results = results["results"]
-        else:
-            return dict(results)
-    mapped = {}
-    for entry in results or []:
-        if isinstance(entry, dict) and isinstance(entry.get("item"), str):
-            mapped[entry["item"]] = entry
-    return mapped
 
 
 class ActionModule(ActionBase):

@@ -15,7 +15,7 @@ from ansible import context
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
 

@@ -15,18 +15,17 @@ import os
 
 import jinja2
 
-from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    argument_spec_from_doc,
+    read_page_template,
+)
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import fleet_report
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.fleet_report import DOCUMENTATION
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
-
-# The page template shipped with the collection (plugins/action/ -> collection root).
-DEFAULT_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
-                                "playbooks", "templates", "fleet_report.html.j2")
 
 
 class ActionModule(ActionBase):
@@ -38,18 +37,7 @@ class ActionModule(ActionBase):
     _supports_async = False
 
     def _template_text(self, name):
-        if name:
-            try:
-                path = self._find_needle("templates", name)
-            except AnsibleError as exc:
-                raise AnsibleActionFail("html_template %r not found: %s" % (name, exc)) from exc
-        else:
-            path = os.path.normpath(DEFAULT_TEMPLATE)
-        try:
-            with open(path, "r", encoding="utf-8") as handle:
-                return handle.read()
-        except OSError as exc:
-            raise AnsibleActionFail("cannot read the HTML template %s: %s" % (path, exc)) from exc
+        return read_page_template(self, name, "fleet_report.html.j2")
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

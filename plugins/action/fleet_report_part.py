@@ -13,7 +13,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.action.migration_gate import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import fleet_report
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.fleet_report_part import DOCUMENTATION
 

@@ -12,32 +12,17 @@ from __future__ import annotations
 
 import re
 
-import yaml
-
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.migration_gate import DOCUMENTATION
 
 POISON_INFO_MODULE = "kvm_ras.poison_guard.poison_info"
 # A fixed string (no host or VM name in it): the host's boot id, uptime and host name.
 IDENTITY_COMMAND = "cat /proc/sys/kernel/random/boot_id /proc/uptime /proc/sys/kernel/hostname"
 _BOOT_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-
-_SPEC_KEYS = ("type", "elements", "choices", "default", "required", "no_log", "aliases")
-
-
-def argument_spec_from_doc(documentation):
-    """The argument spec of a module's documented options (one source for docs and validation)."""
-    options = yaml.safe_load(documentation).get("options") or {}
-    spec = {}
-    for name, option in options.items():
-        entry = {key: option[key] for key in _SPEC_KEYS if key in option}
-        entry.setdefault("type", "str")
-        spec[name] = entry
-    return spec
-
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
