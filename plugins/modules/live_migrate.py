@@ -49,7 +49,7 @@ attributes:
     description: Supports being used with the C(async) keyword.
     support: full
     details:
-      - With C(async) and C(poll: 0) the task still waits for the migration, and prints a line every
+      - With C(async) and C(poll) set to 0 the task still waits for the migration, and prints a line every
         O(progress_interval) seconds (VM, target, percent of memory transferred, rate, time left),
         in ansible-playbook and in AWX job output. The task holds its worker until the migration
         ends, so C(throttle) still bounds how many migrations run at once.
