@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import time
 
 import pytest
@@ -230,7 +231,13 @@ def test_transient_migration_entry_resolves_on_re_read(tmp_path, run, monkeypatc
     tree = scenarios.migration_entry_61(tmp_path).write()
     pagemap_file = os.path.join(tree.proc_root, "700", "pagemap")
 
-    def migration_finishes(_seconds):
+    real_sleep = time.sleep
+
+    def migration_finishes(seconds):
+        # time.sleep is global: threads left running by other tests must not trigger the move
+        if threading.current_thread() is not threading.main_thread():
+            real_sleep(seconds)
+            return
         with open(pagemap_file, "r+b") as handle:
             handle.seek(scenarios.MIGRATION_HVA // 4096 * 8)
             handle.write(scenarios.present(0x12345).to_bytes(8, "little"))
