@@ -46,10 +46,13 @@ def test_demo_tells_the_poison_story(demo):
     assert match, out[:4000]
     victim = match.group(1)
     assert "is now a hole in QEMU pid" in out
-    # the first plan: the victim is blocked, with QEMU's own refusal message
-    leave = out.split("poisoned_vm_policy=leave", 1)[1].split("poisoned_vm_policy=reboot_then_migrate", 1)[0]
-    assert victim in leave and UPSTREAM_REFUSAL in leave, leave[-6000:]
-    assert "pte_marker_poisoned" in leave or "pagemap" in leave, leave[-6000:]
+    # the first run: the victim is blocked and left, with QEMU's own refusal message as the reason
+    leave = out.split("==> evacuate hv1, leaving the poisoned guest", 1)[1].split("==> evacuate hv1 again", 1)[0]
+    assert re.search(r"^%s +left +leave .*%s" % (re.escape(victim), re.escape(UPSTREAM_REFUSAL)), leave, re.M), \
+        leave[-6000:]
+    # the second run: it moved after the restart
+    reboot = out.split("==> evacuate hv1 again", 1)[1]
+    assert re.search(r"^%s +migrated +reboot_then_migrate " % re.escape(victim), reboot, re.M), reboot[-6000:]
 
 
 def test_demo_reports_exist_and_say_what_happened(demo):
@@ -67,4 +70,5 @@ def test_demo_reports_exist_and_say_what_happened(demo):
     assert statuses == ["left", "migrated"], statuses
     first = next(run for run in by_run if victim in run and run[victim]["status"] == "left")
     assert first[victim]["poison_status"] == "poisoned"
+    assert any(e["source"] == "pagemap" for e in first[victim]["evidence"]), first[victim]["evidence"]
     assert all(vm["status"] == "migrated" for name, vm in first.items() if name != victim), first
