@@ -21,6 +21,8 @@ Faults are injected per host with ``Host.fail`` (method name -> error message or
 
 from __future__ import annotations
 
+from ansible.module_utils import basic
+
 VIR_ERR_NO_DOMAIN = 42
 VIR_ERR_OPERATION_INVALID = 55
 
@@ -239,3 +241,24 @@ class FakeLibvirt:
         if host is None or not host.reachable:
             raise FakeLibvirtError("unable to connect to server at '%s': Connection refused" % uri)
         return FakeConn(self.world, host)
+
+
+class Exit(Exception):
+    """What a module under test ended with: ``failed`` and its result (exit_json/fail_json)."""
+
+    def __init__(self, failed, result):
+        super().__init__(result.get("msg"))
+        self.failed, self.result = failed, result
+
+
+def capture_exit(monkeypatch):
+    """Make AnsibleModule.exit_json/fail_json raise Exit instead of leaving the process."""
+
+    def exit_json(_module, **kwargs):
+        raise Exit(False, kwargs)
+
+    def fail_json(_module, **kwargs):
+        raise Exit(True, kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)

@@ -14,7 +14,6 @@ import stat
 
 import pytest
 
-from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 import libvirt_standin as lv
@@ -26,12 +25,6 @@ NAME = "db01"
 UUID = "3f0c1a8e-2b1e-4c55-9d1e-0a1b2c3d4e5f"
 
 
-class Exit(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg"))
-        self.failed, self.result = failed, result
-
-
 @pytest.fixture(name="world")
 def fixture_world(monkeypatch, tmp_path):
     world = lv.World()
@@ -39,15 +32,7 @@ def fixture_world(monkeypatch, tmp_path):
     world.add(DST)
     monkeypatch.setattr(cold_migrate, "libvirt", lv.FakeLibvirt(world))
     monkeypatch.setattr(journal, "DEFAULT_VM_LOCK_DIR", str(tmp_path / "vm-locks"), raising=False)
-
-    def exit_json(self, **kwargs):
-        raise Exit(False, kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Exit(True, kwargs)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    lv.capture_exit(monkeypatch)
     world.tmp = tmp_path
     return world
 
@@ -57,7 +42,7 @@ def run(world, transient=False, **args):
     if transient:
         args["restore_dir"] = str(world.tmp / "restore")
     with patch_module_args(args):
-        with pytest.raises(Exit) as exc:
+        with pytest.raises(lv.Exit) as exc:
             cold_migrate.main()
     return exc.value
 

@@ -17,7 +17,6 @@ import stat
 
 import pytest
 
-from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 import libvirt_standin as lv
@@ -30,12 +29,6 @@ UUID = "6c0a8f2e-1111-4c55-9d1e-0a1b2c3d4e5f"
 DEAD_RUN = "hv1-20260301T025901Z-5f2a3c"
 
 
-class Exit(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg"))
-        self.failed, self.result = failed, result
-
-
 @pytest.fixture(name="world")
 def fixture_world(monkeypatch, tmp_path):
     world = lv.World()
@@ -44,15 +37,7 @@ def fixture_world(monkeypatch, tmp_path):
     monkeypatch.setattr(evacuation_journal, "libvirt", lv.FakeLibvirt(world))
     monkeypatch.setattr(evacuation_journal, "POLL", 0)
     monkeypatch.setattr(journal, "DEFAULT_VM_LOCK_DIR", str(tmp_path / "vm-locks"), raising=False)
-
-    def exit_json(self, **kwargs):
-        raise Exit(False, kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Exit(True, kwargs)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    lv.capture_exit(monkeypatch)
     world.journal_dir = str(tmp_path / "journal")
     world.restore_dir = str(tmp_path / "restore")
     return world
@@ -63,7 +48,7 @@ def run(world, check_mode=False, **args):
     if check_mode:
         args["_ansible_check_mode"] = True
     with patch_module_args(args):
-        with pytest.raises(Exit) as exc:
+        with pytest.raises(lv.Exit) as exc:
             evacuation_journal.main()
     return exc.value
 

@@ -14,7 +14,6 @@ import stat
 
 import pytest
 
-from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 import libvirt_standin as lv
@@ -26,12 +25,6 @@ NAME = "web 01 $(touch .pwned)"
 UUID = "0b7e7c1e-5a5a-4c1e-9a0f-111111111111"
 
 
-class Exit(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg"))
-        self.failed, self.result = failed, result
-
-
 @pytest.fixture(name="world")
 def fixture_world(monkeypatch, tmp_path):
     world = lv.World()
@@ -39,15 +32,7 @@ def fixture_world(monkeypatch, tmp_path):
     monkeypatch.setattr(guest_power, "libvirt", lv.FakeLibvirt(world))
     monkeypatch.setattr(journal, "DEFAULT_VM_LOCK_DIR", str(tmp_path / "vm-locks"), raising=False)
     monkeypatch.setattr(guest_power, "PID_DIR", str(tmp_path / "pids"))
-
-    def exit_json(self, **kwargs):
-        raise Exit(False, kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Exit(True, kwargs)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    lv.capture_exit(monkeypatch)
     world.restore_dir = str(tmp_path / "restore")
     return world
 
@@ -55,7 +40,7 @@ def fixture_world(monkeypatch, tmp_path):
 def run(world, **args):
     args = {"name": NAME, "state": "restarted", "wait": 0, "restore_dir": world.restore_dir, **args}
     with patch_module_args(args):
-        with pytest.raises(Exit) as exc:
+        with pytest.raises(lv.Exit) as exc:
             guest_power.main()
     return exc.value
 

@@ -10,35 +10,22 @@ import os
 
 import pytest
 
-from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
+import libvirt_standin as lv
 from ansible_collections.kvm_ras.poison_guard.plugins.modules import cordon, evacuation_lock
 
 SECRET = "root:$6$rounds=5000$verysecrethash:19000:0:99999:7:::\n"
 
 
-class Exit(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg"))
-        self.failed, self.result = failed, result
-
-
 @pytest.fixture(autouse=True)
 def fixture_exits(monkeypatch):
-    def exit_json(self, **kwargs):
-        raise Exit(False, kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Exit(True, kwargs)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    lv.capture_exit(monkeypatch)
 
 
 def run(module, args):
     with patch_module_args(args):
-        with pytest.raises(Exit) as exc:
+        with pytest.raises(lv.Exit) as exc:
             module.main()
     return exc.value
 
