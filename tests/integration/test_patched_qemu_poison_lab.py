@@ -5,9 +5,11 @@ The package comes from the patched_qemu role's own build entry point, run with
 ansible-playbook on this machine as the builder (the poison lab copies the host's libraries
 into the nested VM, so the binary must be built for the host's QEMU source version). In
 `make test` it is a cache hit: the Molecule scenario built it into the same controller cache
-(.cache/patched_qemu, or $KVM_RAS_PATCHED_QEMU_CACHE); run alone, this test builds it once
-(several minutes). The binary from that .deb is then the inner QEMU of the nested VM, where a
-page of its guest RAM is poisoned for real (hwpoison_inject corrupt-pfn) while the guest has
+(/var/cache/kvm_ras/ci/patched_qemu outside the git clone, or $KVM_RAS_PATCHED_QEMU_CACHE; the
+package checksums in /var/lib/kvm_ras/ci/patched_qemu.sha256, or $KVM_RAS_PATCHED_QEMU_CHECKSUMS);
+run alone, this test builds it once (about 8 minutes on 2 quiet cores, plus the build
+dependencies on a fresh machine). The binary from that .deb is then the inner QEMU of the
+nested VM, where a page of its guest RAM is poisoned for real (hwpoison_inject corrupt-pfn) while the guest has
 machine checks enabled:
 
 - stock Debian QEMU 7.2 (the session's default run): ``migrate`` kills QEMU with SIGBUS;
@@ -31,7 +33,8 @@ from poison_lab_fixture import checks, get_run, poison_lab_run  # noqa: F401  py
 pytestmark = [pytest.mark.poison_lab, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("KVM_RAS_PATCHED_QEMU_CACHE") or REPO / ".cache" / "patched_qemu")
+CACHE = Path(os.environ.get("KVM_RAS_PATCHED_QEMU_CACHE") or "/var/cache/kvm_ras/ci/patched_qemu")
+CHECKSUMS = Path(os.environ.get("KVM_RAS_PATCHED_QEMU_CHECKSUMS") or "/var/lib/kvm_ras/ci/patched_qemu.sha256")
 EXPERIMENT = "qemu-kvm-mce"  # inner QEMU under nested KVM, guest with CR4.MCE, page still mapped
 SIGBUS = 7
 
@@ -67,6 +70,7 @@ def _obtain_package(workdir: Path, source_version: str) -> dict:
                 patched_qemu_builder: localhost
                 patched_qemu_build_source_versions: [{json.dumps(source_version)}]
                 patched_qemu_controller_cache_dir: {json.dumps(str(CACHE))}
+                patched_qemu_checksum_file: {json.dumps(str(CHECKSUMS))}
             - name: Write the package record
               ansible.builtin.copy:
                 content: "{{{{ patched_qemu_packages | to_json }}}}"
@@ -107,7 +111,12 @@ def patched_run(patched_binary):
 
 def test_patched_binary_comes_from_the_role_package(patched_binary):
     package = patched_binary["package"]
-    assert package["package_version"] == patched_binary["source_version"] + "+poisonguard1"
+    # built for the installed stock binary package (a binNMU suffix such as +b3 included): the
+    # patched binary loads that package's modules
+    stock = subprocess.run(["dpkg-query", "--show", "--showformat=${Version}", "qemu-system-x86"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert package["package_version"] == stock + "+poisonguard1"
+    assert package["stock_version"] == stock
     assert UPSTREAM_REFUSAL.encode() in patched_binary["binary"].read_bytes()
 
 

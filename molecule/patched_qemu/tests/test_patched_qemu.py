@@ -76,11 +76,33 @@ def test_package_installed_with_diversion(host):
     package = host.package(PACKAGE)
     assert package.is_installed
     assert "+poisonguard" in package.version
-    # built from the very source version of the installed QEMU
-    source = _run(host, "dpkg-query", "-W", "-f=${source:Version}", "qemu-system-x86").stdout.strip()
-    assert package.version == source + "+poisonguard1", (package.version, source)
+    # built for the very stock package installed (its modules carry the matching stamp), and
+    # depending on exactly that version of it and of qemu-system-common
+    stock = _run(host, "dpkg-query", "-W", "-f=${Version}", "qemu-system-x86").stdout.strip()
+    assert package.version == stock + "+poisonguard1", (package.version, stock)
+    depends = _run(host, "dpkg-query", "-W", "-f=${Depends}", PACKAGE).stdout
+    assert f"qemu-system-x86 (= {stock})" in depends, depends
+    assert f"qemu-system-common (= {stock})" in depends, depends
     assert _run(host, "dpkg-divert", "--listpackage", BINARY).stdout.strip() == PACKAGE
     assert host.file(STOCK).exists
+
+
+def test_feature_parity_with_the_stock_binary(host, probe):
+    """-device/-machine/-cpu/-accel/-display/-audiodev/-netdev/-object/-chardev/-vga help of the
+    patched and the stock binary are identical apart from version strings: the same features,
+    and the stock modules (TCG, QXL, USB host/redirection, spice, curses, ...) load in both."""
+    result = _run(host, "python3", probe, "parity", "--patched", BINARY, "--stock", STOCK)
+    assert result.rc == 0, result.stderr
+    parity = json.loads(result.stdout)
+    assert parity["identical"], {k: v for k, v in parity["queries"].items() if not v["identical"]}
+    assert set(parity["queries"]) >= {"device", "machine", "cpu", "accel", "display", "audiodev",
+                                      "netdev", "object", "chardev"}
+    devices = _run(host, BINARY, "-device", "help").stdout
+    for name in ("qxl", "usb-host", "usb-redir", "tpm-tis", "tpm-crb", "vhost-user-fs-pci", "virtio-9p-pci"):
+        assert f'name "{name}"' in devices, name
+    netdevs = _run(host, BINARY, "-netdev", "help").stdout.split()
+    assert {"user", "tap", "vhost-user", "l2tpv3", "vde"} <= set(netdevs), netdevs
+    assert "VNC support is disabled" not in _run(host, BINARY, "-vnc", "help").stderr
 
 
 def test_installed_binary_carries_guard_and_stock_does_not(host):

@@ -11,6 +11,9 @@ Subcommands, each printing one JSON document on stdout:
   binary   --path P                 does the QEMU binary carry the migration guard
                                     (the refusal message compiled into it)?
   features --binary P               devices, netdevs, displays, ... a binary offers
+  parity   --patched P --stock S    are the -device/-machine/-cpu/-accel/-display/-audiodev/
+                                    -netdev/-object/-chardev/-vga help outputs of both
+                                    binaries identical (apart from version strings)?
   symbols  --binary P --name N ...  where the named symbols are found (the binary or its
                                     build-id debug file)
   selftest --binary P [--inject]    start a throw-away TCG guest with a QMP socket,
@@ -128,14 +131,49 @@ def diverted_by(path: str) -> str | None:
     return proc.stdout.strip() or None
 
 
+def version_gt(left: str, right: str) -> bool:
+    """Debian version order (dpkg --compare-versions)."""
+    return subprocess.run(["dpkg", "--compare-versions", left, "gt", right],
+                          capture_output=True, check=False).returncode == 0
+
+
+def apt_candidate(package: str) -> dict:
+    """What apt would install for the package now (a held package still shows its candidate),
+    with the source version it is built from."""
+    result = {"candidate": None, "candidate_source_version": None}
+    proc = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True,
+                          check=False, env=dict(os.environ, LC_ALL="C"))
+    match = re.search(r"^\s*Candidate:\s*(\S+)", proc.stdout, re.M)
+    if not match or match.group(1) == "(none)":
+        return result
+    result["candidate"] = match.group(1)
+    show = subprocess.run(["apt-cache", "show", "--no-all-versions", "%s=%s" % (package, result["candidate"])],
+                          capture_output=True, text=True, check=False, env=dict(os.environ, LC_ALL="C"))
+    source = re.search(r"^Source:\s*\S+(?:\s+\(([^)]+)\))?", show.stdout, re.M)
+    result["candidate_source_version"] = (source.group(1) if source and source.group(1)
+                                          else result["candidate"])
+    return result
+
+
+def held_packages(names: list[str]) -> list[str]:
+    proc = subprocess.run(["dpkg", "--get-selections", *names], capture_output=True, text=True, check=False)
+    return sorted(line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:] == ["hold"])
+
+
 def cmd_host(args) -> dict:
+    modules_packages = args.modules_package or []
     result = {
-        "packages": dpkg_packages([args.stock_package, args.package]),
+        "packages": dpkg_packages([args.stock_package, args.package, *modules_packages]),
+        "apt": apt_candidate(args.stock_package),
+        "held": held_packages([args.stock_package, args.package, *modules_packages]),
         "diverted_by": diverted_by(args.binary),
         "binary": cmd_binary(argparse.Namespace(path=args.binary)),
         "diverted_binary": None,
         "build_info": None,
     }
+    installed = result["packages"][args.stock_package]["version"]
+    candidate = result["apt"]["candidate"]
+    result["apt"]["newer_than_installed"] = bool(installed and candidate and version_gt(candidate, installed))
     if os.path.exists(args.diverted):
         result["diverted_binary"] = {"path": args.diverted,
                                      "guard": binary_guard(args.diverted)}
@@ -162,6 +200,26 @@ FEATURE_QUERIES = {
 }
 HEADER_RE = re.compile(r"^(Available|Supported|Accelerators|List of|Chardev devices|Chardev|Supported machines)")
 
+# What tells two builds of the same QEMU apart: everything these print must be identical
+# (apart from version strings and the binary's own name) for the patched binary to be a
+# drop-in replacement of the stock one. "-audiodev help" is QEMU 7.2's spelling of the audio
+# driver list ("-audio help" came with 8.0). Modules (TCG, QXL, USB host/redirection, spice,
+# curses, audio drivers, ...) are loaded by these queries, so a binary whose module stamp
+# does not match the installed qemu-system-common shows up here as missing entries.
+PARITY_QUERIES = {
+    "device": ["-device", "help"],
+    "machine": ["-machine", "help"],
+    "cpu": ["-cpu", "help"],
+    "accel": ["-accel", "help"],
+    "display": ["-display", "help"],
+    "audiodev": ["-audiodev", "help"],
+    "netdev": ["-netdev", "help"],
+    "object": ["-object", "help"],
+    "chardev": ["-chardev", "help"],
+    "vga": ["-vga", "help"],
+}
+VERSION_LINE_RE = re.compile(r"QEMU emulator version [^\n]*")
+
 
 def _parse_help(kind: str, text: str) -> list[str]:
     names = set()
@@ -187,6 +245,61 @@ def cmd_features(args) -> dict:
         proc = subprocess.run([args.binary, *argv], capture_output=True, text=True,
                               timeout=args.timeout, check=False)
         result[kind] = _parse_help(kind, proc.stdout)
+    return result
+
+
+def normalize_help(text: str, binary: str) -> list[str]:
+    """Lines of a help output with version strings and the binary's name replaced."""
+    text = VERSION_LINE_RE.sub("QEMU emulator version <version>", text)
+    name = os.path.basename(binary)
+    lines = []
+    for line in text.splitlines():
+        if name and line.startswith(name + ":"):
+            line = "<binary>:" + line[len(name) + 1:]
+        lines.append(line.rstrip())
+    return lines
+
+
+def query_help(binary: str, argv: list[str], timeout: float, module_dir: str | None = None) -> dict:
+    """Run ``<binary> <argv>``. QEMU finds its modules relative to its own location (and in a
+    build tree in ./qemu-bundle), so a binary that is not installed yet gets the directory its
+    installed copy will use through QEMU_MODULE_DIR; an installed one gets nothing."""
+    env = dict(os.environ, LC_ALL="C")
+    env.pop("QEMU_MODULE_DIR", None)
+    if module_dir:
+        env["QEMU_MODULE_DIR"] = module_dir
+    try:
+        proc = subprocess.run([binary, *argv], capture_output=True, text=True,
+                              timeout=timeout, check=False, env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"rc": None, "lines": [], "error": "%s: %s" % (type(exc).__name__, exc)}
+    return {"rc": proc.returncode,
+            "lines": normalize_help(proc.stdout, binary) + ["<stderr> " + line for line in normalize_help(proc.stderr, binary)]}
+
+
+def compare_help(patched: dict, stock: dict) -> dict:
+    """One query's outputs of both binaries: identical, or what only one of them prints."""
+    only_stock = [line for line in stock["lines"] if line not in set(patched["lines"])]
+    only_patched = [line for line in patched["lines"] if line not in set(stock["lines"])]
+    identical = (patched["rc"] == stock["rc"] and patched["lines"] == stock["lines"]
+                 and "error" not in patched and "error" not in stock)
+    return {"identical": identical, "rc": [patched["rc"], stock["rc"]],
+            "lines": [len(patched["lines"]), len(stock["lines"])],
+            "only_stock": only_stock[:50], "only_patched": only_patched[:50],
+            "order_differs": not identical and not only_stock and not only_patched,
+            "errors": [r["error"] for r in (patched, stock) if "error" in r]}
+
+
+def cmd_parity(args) -> dict:
+    """Compare every PARITY_QUERIES output of the patched and the stock binary."""
+    result = {"patched": args.patched, "stock": args.stock, "queries": {},
+              "patched_module_dir": args.patched_module_dir}
+    for kind, argv in PARITY_QUERIES.items():
+        result["queries"][kind] = compare_help(
+            query_help(args.patched, argv, args.timeout, args.patched_module_dir),
+            query_help(args.stock, argv, args.timeout))
+    result["different"] = sorted(k for k, v in result["queries"].items() if not v["identical"])
+    result["identical"] = not result["different"]
     return result
 
 
@@ -370,10 +483,19 @@ def main(argv: list[str] | None = None) -> int:
     p_host.add_argument("--package", required=True)
     p_host.add_argument("--diverted", required=True)
     p_host.add_argument("--build-info", required=True)
+    p_host.add_argument("--modules-package", action="append",
+                        help="another package whose files the binary loads (its version must match)")
 
     p_feat = sub.add_parser("features")
     p_feat.add_argument("--binary", required=True)
     p_feat.add_argument("--timeout", type=float, default=60)
+
+    p_par = sub.add_parser("parity")
+    p_par.add_argument("--patched", required=True)
+    p_par.add_argument("--stock", required=True)
+    p_par.add_argument("--timeout", type=float, default=60)
+    p_par.add_argument("--patched-module-dir",
+                       help="module directory for a patched binary that is not installed yet")
 
     p_sym = sub.add_parser("symbols")
     p_sym.add_argument("--binary", required=True)
@@ -389,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     handler = {"binary": cmd_binary, "host": cmd_host,
-               "features": cmd_features, "selftest": cmd_selftest, "symbols": cmd_symbols}[args.command]
+               "features": cmd_features, "parity": cmd_parity, "selftest": cmd_selftest, "symbols": cmd_symbols}[args.command]
     json.dump(handler(args), sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     return 0

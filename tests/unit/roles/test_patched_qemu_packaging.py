@@ -23,16 +23,22 @@ VARS = {
     "patched_qemu_package_name": "qemu-system-x86-poison-guard",
     "patched_qemu_package_maintainer": "kvm_ras.poison_guard maintainers <root@localhost>",
     "patched_qemu_stock_package": "qemu-system-x86",
+    "patched_qemu_common_package": "qemu-system-common",
+    "patched_qemu_build_info_path": "/usr/share/qemu-system-x86-poison-guard/build-info.json",
     "patched_qemu_binary": "/usr/bin/qemu-system-x86_64",
     "patched_qemu_diverted_binary": "/usr/bin/qemu-system-x86_64.distrib",
     "patched_qemu__refusal_message": "Can't migrate this vm with hardware poisoned memory, "
                                      "please reboot the vm and try again",
     "patched_qemu__build": {
-        "package_version": "1:7.2+dfsg-7+deb12u18+poisonguard1",
+        "package_version": "1:7.2+dfsg-7+deb12u18+b3+poisonguard1",
         "source_version": "1:7.2+dfsg-7+deb12u18",
+        "stock_version": "1:7.2+dfsg-7+deb12u18+b3",
         "key": "1_7.2+dfsg-7+deb12u18-0123456789abcdef",
-        "configure_args": ["--target-list=x86_64-softmmu", "--enable-kvm"],
+        "configure_args": [],
     },
+    # what debian_build_config.py reports for the real Debian 12 tree (f1b4c263...: the stamp in
+    # the qemu_stamp_<hex> symbol of qemu-system-common 1:7.2+dfsg-7+deb12u18+b3's modules)
+    "patched_qemu__debian_config": {"module_stamp": "_f1b4c2639e440a9f989736fb1ad6d8336564df2e"},
 }
 TOOLS = ("dpkg-deb", "readelf", "objcopy", "strip")
 
@@ -96,16 +102,17 @@ def test_cache_entry_is_complete_and_published_by_rename(built):
     assert not [p for p in cache.iterdir() if p.name.startswith(".incoming-")]
     info = json.loads((entry / "build-info.json").read_text())
     assert info["deb_sha256"] == hashlib.sha256(_deb(built).read_bytes()).hexdigest()
-    assert info["deb"] == "qemu-system-x86-poison-guard_7.2+dfsg-7+deb12u18+poisonguard1_amd64.deb"
+    assert info["deb"] == "qemu-system-x86-poison-guard_7.2+dfsg-7+deb12u18+b3+poisonguard1_amd64.deb"
 
 
 def test_control_fields(built):
     fields = subprocess.run(["dpkg-deb", "--field", str(_deb(built))], capture_output=True, text=True,
                             check=True).stdout
     assert "Package: qemu-system-x86-poison-guard\n" in fields
-    assert "Version: 1:7.2+dfsg-7+deb12u18+poisonguard1\n" in fields
-    assert ("Depends: qemu-system-x86 (>= 1:7.2+dfsg-7+deb12u18), "
-            "qemu-system-x86 (<< 1:7.2+dfsg-7+deb12u18.1~)\n") in fields
+    assert "Version: 1:7.2+dfsg-7+deb12u18+b3+poisonguard1\n" in fields
+    assert ("Depends: qemu-system-x86 (= 1:7.2+dfsg-7+deb12u18+b3), "
+            "qemu-system-common (= 1:7.2+dfsg-7+deb12u18+b3)\n") in fields
+    assert "module stamp _f1b4c2639e440a9f989736fb1ad6d8336564df2e" in fields
     assert "@" + "INSTALLED_SIZE@" not in fields and "Installed-Size: " in fields
     assert "Architecture: amd64\n" in fields
 
