@@ -11,13 +11,15 @@ One place for each rule of an evacuation:
 - ``decide_action``: what happens to one VM, from its poison status, the gate's decision and
   the two policies.
 - ``build_plan`` / ``render_plan``: the plan (VM -> target, or why it stays) and its table.
-- ``lock_decision`` / ``cordon_record``: the per-host evacuation lock and the cordon marker.
 - ``vm_outcome``: what really happened to one VM, from the registered task results.
 - ``verify``: after the run, every VM of the source runs exactly once and its persistent
   definition is where it belongs.
 - ``build_report`` / ``render_report`` / ``exit_decision``: the report (JSON + table) and the
   exit-status rule: fail when anything stayed behind that the operator did not ask to leave.
-- ``domain_disks``: disk sources of a libvirt domain XML (storage check of cold migration).
+
+What a hypervisor decides on its own (the evacuation lock, the cordon marker, disks of a
+domain, libvirt's state words) lives in ``host_markers.py`` and ``libvirt.py``: modules import
+those, never this file.
 """
 
 from __future__ import annotations
@@ -27,12 +29,9 @@ import math
 import os
 import re
 import urllib.parse
-import xml.etree.ElementTree as ET
 
-try:  # the collection's one constant for QEMU's refusal; kept optional for standalone use
-    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
-except ImportError:  # pragma: no cover - only outside an installed collection
-    UPSTREAM_REFUSAL = "Can't migrate this vm with hardware poisoned memory, please reboot the vm and try again"
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.libvirt import ACTIVE_STATE_WORDS
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 
 # --------------------------------------------------------------------------- vocabulary --
 
@@ -61,12 +60,6 @@ ST_PLANNED = "planned"            # check mode: what would happen
 FINAL_STATUSES = (ST_MIGRATED, ST_LEFT, ST_STAYED, ST_NOT_RUNNING, ST_DOWN, ST_DUPLICATE, ST_UNVERIFIED)
 # Statuses that make the run fail (something stayed behind or is in danger, unasked).
 FAILING_STATUSES = (ST_STAYED, ST_DOWN, ST_DUPLICATE, ST_UNVERIFIED)
-
-ACTIVE_STATES = ("running", "paused", "idle", "in shutdown", "pmsuspended", "blocked")
-
-DEFAULT_LIBVIRT_URI = "qemu:///system"
-DEFAULT_LOCK_PATH = "/run/kvm_ras/evacuation.lock"
-DEFAULT_CORDON_PATH = "/var/lib/kvm_ras/cordon.json"
 
 DEFAULTS = {
     "evacuate_group": "hypervisors",
@@ -493,35 +486,10 @@ def vm_timeout(request, memory_mib):
 
 # --------------------------------------------------------------------------- domains --
 
-def domain_disks(xml_text):
-    """Disks of a libvirt domain XML: [{target, type, device, path, readonly, shareable}].
-
-    ``path`` is the file or block device path (``source/@file`` or ``@dev``), or the network
-    source name, or None (empty CD-ROM). Network disks have type ``network``.
-    """
-    root = ET.fromstring(xml_text)
-    disks = []
-    for disk in root.findall("./devices/disk"):
-        source = disk.find("source")
-        target = disk.find("target")
-        path = None
-        if source is not None:
-            path = source.get("file") or source.get("dev") or source.get("name") or source.get("dir")
-        disks.append({
-            "target": target.get("dev") if target is not None else None,
-            "type": disk.get("type"),
-            "device": disk.get("device") or "disk",
-            "path": path,
-            "readonly": disk.find("readonly") is not None,
-            "shareable": disk.find("shareable") is not None,
-        })
-    return disks
-
-
 def is_active(domain):
     if "active" in domain:
         return bool(domain["active"])
-    return domain.get("state") in ACTIVE_STATES
+    return domain.get("state") in ACTIVE_STATE_WORDS
 
 
 # --------------------------------------------------------------------------- capacity --
@@ -873,44 +841,6 @@ def render_plan(plan, request, check_mode=False):
     summary = ", ".join("%s %d" % (k, v) for k, v in sorted(plan["counts"].items())) or "no VMs"
     lines.append("summary: %s; %d to move" % (summary, plan["moves"]))
     return lines
-
-
-# --------------------------------------------------------------------------- lock & cordon --
-
-LOCK_ACQUIRE = "acquire"
-LOCK_REENTER = "reenter"
-LOCK_BREAK = "break"
-LOCK_REFUSE = "refuse"
-
-
-def lock_decision(existing, owner, now, stale_after=0, break_lock=False):
-    """Decide on the per-host evacuation lock.
-
-    ``existing``: the lock file's record ({owner, since (epoch seconds), ...}), None when no
-    lock exists, or {"unreadable": text} when the file exists but cannot be parsed.
-    Returns (decision, message): acquire (free), reenter (ours), break (stale or forced),
-    refuse (another run holds it).
-    """
-    if existing is None:
-        return LOCK_ACQUIRE, "lock free"
-    if existing.get("owner") == owner and owner:
-        return LOCK_REENTER, "lock already held by this run"
-    holder = "run %s from %s since %s" % (existing.get("owner") or "?", existing.get("controller") or "?",
-                                          existing.get("since_iso") or existing.get("since") or "?")
-    if existing.get("unreadable") is not None:
-        holder = "an unreadable lock file (%s)" % existing["unreadable"]
-    if break_lock:
-        return LOCK_BREAK, "breaking the lock held by %s (evacuate_break_lock=true)" % holder
-    since = existing.get("since")
-    if stale_after and isinstance(since, (int, float)) and now - since > stale_after:
-        return LOCK_BREAK, "breaking the stale lock held by %s (older than %d s)" % (holder, stale_after)
-    return LOCK_REFUSE, ("another evacuation of this host is running (lock held by %s). Wait for it to "
-                         "finish. If that run is dead (its controller crashed or was killed), re-run with "
-                         "-e evacuate_break_lock=true" % holder)
-
-
-def cordon_record(reason, by, now_iso):
-    return {"cordoned": True, "reason": reason, "by": by, "since": now_iso}
 
 
 # --------------------------------------------------------------------------- outcomes --

@@ -30,9 +30,9 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from urllib.parse import quote, unquote
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 
 SCHEMA_VERSION = 1
@@ -151,22 +151,7 @@ def ensure_directory(path):
 def write_text_atomic(path, text):
     """Write ``text`` to ``path`` through a temporary file and a rename, so readers (the merge,
     a browser) never see half a file, even with several slices writing at once."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return host_markers.replace_file(path, text.encode("utf-8"), mode=0o644)
 
 
 def dump_json(data):

@@ -4,6 +4,10 @@
 """Small state files on a hypervisor: the evacuation lock, the cordon marker, the evacuation
 journal and the saved XML of a VM being restarted (pure Python, no Ansible imports).
 
+What they mean lives here too: ``lock_decision`` (acquire, re-enter, break or refuse the
+per-host evacuation lock) and ``cordon_record`` (the cordon marker's content), with the
+default paths the modules use.
+
 The rules, one place for all of them:
 
 - A file is read only when it is a regular file reached without following a symlink
@@ -27,6 +31,16 @@ import os
 import stat
 
 MAX_MARKER_BYTES = 1024 * 1024
+
+# Where the markers live on a hypervisor (module defaults).
+DEFAULT_LOCK_PATH = "/run/kvm_ras/evacuation.lock"
+DEFAULT_CORDON_PATH = "/var/lib/kvm_ras/cordon.json"
+
+# What evacuation_lock does with the lock it finds (lock_decision).
+LOCK_ACQUIRE = "acquire"
+LOCK_REENTER = "reenter"
+LOCK_BREAK = "break"
+LOCK_REFUSE = "refuse"
 
 
 class MarkerError(Exception):
@@ -190,20 +204,32 @@ def encode(record):
     return (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
-def write_atomic(path, data, mode=0o600, dir_mode=0o700):
-    """Replace ``path`` with ``data`` (bytes) atomically; never writes through a symlink."""
-    directory = ensure_directory(os.path.dirname(path) or ".", dir_mode)
+def replace_file(path, data, mode=0o600):
+    """Replace ``path`` with ``data`` (bytes) atomically in a directory the caller chose.
+
+    The one atomic write of the collection: a private temporary file next to ``path``, flushed,
+    then renamed over it (a symlink at ``path`` is replaced, never written through). The
+    directory is not checked (``write_atomic`` does that for the collection's state
+    directories); an OSError is raised as it is.
+    """
+    tmp = _write_temp(path, data, mode)
     try:
-        tmp = _write_temp(path, data, mode)
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_directory(os.path.dirname(path))
+    return path
+
+
+def write_atomic(path, data, mode=0o600, dir_mode=0o700):
+    """Replace ``path`` with ``data`` (bytes) atomically in a checked state directory; never
+    writes through a symlink. Raises MarkerError."""
+    ensure_directory(os.path.dirname(path) or ".", dir_mode)
+    try:
+        return replace_file(path, data, mode)
     except OSError as exc:
         raise MarkerError("cannot write %s: %s" % (path, exc.strerror or exc)) from None
-    _fsync_directory(directory)
-    return path
 
 
 def write_json_atomic(path, record, mode=0o600, dir_mode=0o700):
@@ -243,3 +269,35 @@ def remove(path):
         raise MarkerError("cannot remove %s: %s" % (path, exc.strerror or exc)) from None
     _fsync_directory(os.path.dirname(path))
     return True
+
+
+def lock_decision(existing, owner, now, stale_after=0, break_lock=False):
+    """Decide on the per-host evacuation lock.
+
+    ``existing``: the lock file's record ({owner, since (epoch seconds), ...}), None when no
+    lock exists, or {"unreadable": text} when the file exists but cannot be parsed (such a
+    lock is held: it is refused unless broken on purpose).
+    Returns (decision, message): acquire (free), reenter (ours), break (stale or forced),
+    refuse (another run holds it).
+    """
+    if existing is None:
+        return LOCK_ACQUIRE, "lock free"
+    if existing.get("owner") == owner and owner:
+        return LOCK_REENTER, "lock already held by this run"
+    holder = "run %s from %s since %s" % (existing.get("owner") or "?", existing.get("controller") or "?",
+                                          existing.get("since_iso") or existing.get("since") or "?")
+    if existing.get("unreadable") is not None:
+        holder = "an unreadable lock file (%s)" % existing["unreadable"]
+    if break_lock:
+        return LOCK_BREAK, "breaking the lock held by %s (evacuate_break_lock=true)" % holder
+    since = existing.get("since")
+    if stale_after and isinstance(since, (int, float)) and now - since > stale_after:
+        return LOCK_BREAK, "breaking the stale lock held by %s (older than %d s)" % (holder, stale_after)
+    return LOCK_REFUSE, ("another evacuation of this host is running (lock held by %s). Wait for it to "
+                         "finish. If that run is dead (its controller crashed or was killed), re-run with "
+                         "-e evacuate_break_lock=true" % holder)
+
+
+def cordon_record(reason, by, now_iso):
+    """The content of the cordon marker (readable by external schedulers)."""
+    return {"cordoned": True, "reason": reason, "by": by, "since": now_iso}

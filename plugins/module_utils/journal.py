@@ -188,6 +188,54 @@ class OperationLock:
                 self.fd = None
 
 
+def power_off_arguments():
+    """The options of the modules that power a VM off and start it again (guest_power,
+    cold_migrate): ``wait`` (seconds for the VM to run again) and ``restore_dir``
+    (where ``before_power_off`` keeps the XML of a transient VM)."""
+    return dict(wait=dict(type="int", default=60), restore_dir=dict(type="path", default=DEFAULT_RESTORE_DIR))
+
+
+class NotTouched(Exception):
+    """An operation on a VM refused before anything changed; ``busy`` when another operation
+    holds the VM's lock."""
+
+    def __init__(self, message, busy=False):
+        super().__init__(message)
+        self.busy = busy
+
+
+def before_power_off(name, uuid, transient_xml, restore_dir, doing):
+    """What a module does before it powers a VM off (guest_power V(restarted), cold_migrate).
+
+    Takes the VM's operation lock without waiting and, for a transient VM (``transient_xml``
+    given: a transient VM that is powered off exists nowhere), keeps its XML in
+    ``restore_dir`` (``restore_path``, mode 0600, written atomically) so that it can be started
+    again whatever happens to this process. Returns ``(lock held, path of the kept XML or
+    None)``; the caller releases the lock. Raises NotTouched, with the lock released, when
+    the lock is held or cannot be taken, or the XML cannot be kept; ``doing`` ("shutting it
+    down") completes its message.
+    """
+    op_lock = OperationLock(DEFAULT_VM_LOCK_DIR, name, uuid)
+    try:
+        taken = op_lock.acquire(timeout=0)
+    except host_markers.MarkerError as exc:
+        raise NotTouched("cannot take the operation lock of %r before %s, nothing was changed: %s"
+                         % (name, doing, exc)) from None
+    if not taken:
+        raise NotTouched("another operation on %r is running on this host (its lock %s is held); nothing was "
+                         "changed: wait for it to end, then run again" % (name, op_lock.path), busy=True)
+    if transient_xml is None:
+        return op_lock, None
+    saved = restore_path(restore_dir, name, uuid)
+    try:
+        host_markers.write_atomic(saved, transient_xml.encode("utf-8"), mode=0o600, dir_mode=0o700)
+    except host_markers.MarkerError as exc:
+        op_lock.release()
+        raise NotTouched("cannot keep the XML of the transient VM %r before %s, so it was not touched: %s"
+                         % (name, doing, exc)) from None
+    return op_lock, saved
+
+
 def where_found(source, dest):
     """Where the VM runs from the two hosts' states ({reachable, active, ...}, dest may be None)."""
     on_source = bool(source.get("reachable") and source.get("active"))

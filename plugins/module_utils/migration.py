@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import inventory
 
@@ -123,11 +124,12 @@ def build_plan(options):
         raise MigrationInputError("dest_uri is empty: give the destination libvirt URI, e.g. qemu+tcp://hv2/system")
     if "name" in opts and not (opts.get("name") or "").strip():
         raise MigrationInputError("name is empty: give the libvirt domain name of the VM to migrate")
-    if opts.get("poison_check", False) and not source_is_local(opts.get("source_uri") or "qemu:///system"):
+    source_uri = opts.get("uri") or opts.get("source_uri") or libvirt_adapter.DEFAULT_URI
+    if opts.get("poison_check", False) and not source_is_local(source_uri):
         raise MigrationInputError(
             "poison_check=true scans the VM's QEMU process on the host the module runs on, but "
-            "source_uri %s names another host; run the task on the source hypervisor (delegate_to) "
-            "with source_uri qemu:///system" % opts.get("source_uri"))
+            "uri %s names another host; run the task on the source hypervisor (delegate_to) "
+            "with uri %s" % (source_uri, libvirt_adapter.DEFAULT_URI))
     on_unknown = opts.get("on_unknown", "fail")
     if on_unknown not in POISON_CHECK_ON_UNKNOWN:
         raise MigrationInputError("on_unknown must be one of %s, got %r" % (
@@ -217,9 +219,7 @@ def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, opt
 def _libvirt(libvirt_module):
     if libvirt_module is not None:
         return libvirt_module
-    import libvirt  # pylint: disable=import-outside-toplevel,import-error
-
-    return libvirt
+    return libvirt_adapter.require()
 
 
 def resolve_flags(names, libvirt_module=None):

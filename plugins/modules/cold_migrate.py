@@ -32,11 +32,10 @@ description:
   - Idempotent. A VM that runs on the destination and not on the source is left alone.
 author:
   - kvm_ras maintainers (@kvm-ras)
-requirements:
-  - libvirt-python on the source hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE
+  - kvm_ras.poison_guard.libvirt.SOURCE
 options:
   name:
     description:
@@ -48,11 +47,6 @@ options:
       - libvirt URI of the destination hypervisor, for example V(qemu+tcp://hv2/system).
     type: str
     required: true
-  source_uri:
-    description:
-      - libvirt URI of the source hypervisor.
-    type: str
-    default: qemu:///system
   shutdown_timeout:
     description:
       - Seconds to wait for the guest to shut down after the ACPI shutdown request.
@@ -161,38 +155,25 @@ failure:
 """
 
 import time
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers, journal
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import DEFAULT_LIBVIRT_URI
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+libvirt = libvirt_adapter.binding()  # None without python3-libvirt
+LIBVIRT_IMPORT_ERROR = libvirt_adapter.import_error()
+
+POLL = 0.5
 
 
 def lookup(conn, name):
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
+    """The domain of that name, None when the host does not have it (other errors raise)."""
+    return libvirt_adapter.find_domain(libvirt, conn, name)
 
 
 def wait_for(predicate, seconds):
-    deadline = time.time() + seconds
-    while True:
-        if predicate():
-            return True
-        if time.time() >= deadline:
-            return False
-        time.sleep(0.5)
+    return libvirt_adapter.wait_until(predicate, seconds, POLL)
 
 
 def forget(path):
@@ -216,30 +197,19 @@ def destination_check(dest_uri, name, uuid):
     that the destination does not run it.
     """
     check = {"answered": False, "running": None, "defined": None, "error": None}
-    try:
-        conn = libvirt.open(dest_uri)
-    except libvirt.libvirtError as exc:
-        check["error"] = "a new connection to %s failed: %s" % (dest_uri, exc)
+    conn, error = libvirt_adapter.connect(libvirt, dest_uri)
+    if conn is None:
+        check["error"] = "a new connection to %s failed: %s" % (dest_uri, error)
         return check
     try:
-        dom = None
-        try:
-            dom = conn.lookupByUUIDString(uuid) if uuid else None
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-        if dom is None:
-            dom = lookup(conn, name)
+        dom = libvirt_adapter.find_domain(libvirt, conn, name, uuid)
         check["running"] = bool(dom is not None and dom.isActive())
         check["defined"] = bool(dom is not None and dom.isPersistent())
         check["answered"] = True
     except libvirt.libvirtError as exc:
         check["error"] = "%s did not answer whether it runs the VM: %s" % (dest_uri, exc)
     finally:
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
+        libvirt_adapter.close_quietly(libvirt, conn)
     return check
 
 
@@ -248,18 +218,16 @@ def main():
         argument_spec=dict(
             name=dict(type="str", required=True),
             dest_uri=dict(type="str", required=True),
-            source_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
+            uri=libvirt_adapter.uri_argument("source_uri"),
             shutdown_timeout=dict(type="int", default=120),
             force_off=dict(type="bool", default=False),
             undefine_source=dict(type="bool", default=True),
-            wait=dict(type="int", default=60),
-            restore_dir=dict(type="path", default=journal.DEFAULT_RESTORE_DIR),
+            **journal.power_off_arguments()
         ),
         supports_check_mode=True,
     )
     if libvirt is None:
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
-                         exception=LIBVIRT_IMPORT_ERROR)
+        module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR)
     p = module.params
     name = p["name"]
     result = {"name": name, "changed": False, "migrated": False, "forced_off": False, "restored": False,
@@ -272,14 +240,13 @@ def main():
         result["failure"] = {"class": klass, "message": message}
         module.fail_json(msg=message, **result)
 
-    try:
-        src = libvirt.open(p["source_uri"])
-    except libvirt.libvirtError as exc:
-        fail("other", "source libvirt at %s does not answer: %s" % (p["source_uri"], exc))
-    try:
-        dst = libvirt.open(p["dest_uri"])
-    except libvirt.libvirtError as exc:
-        fail("destination", "destination libvirt at %s does not answer: %s" % (p["dest_uri"], exc),
+    src, error = libvirt_adapter.connect(libvirt, p["uri"])
+    if src is None:
+        fail("other", "source libvirt at %s does not answer: %s" % (p["uri"], error))
+    dst, error = libvirt_adapter.connect(libvirt, p["dest_uri"])
+    if dst is None:
+        libvirt_adapter.close_quietly(libvirt, src)
+        fail("destination", "destination libvirt at %s does not answer: %s" % (p["dest_uri"], error),
              running_on="source")
     started = time.time()
     try:
@@ -303,26 +270,12 @@ def main():
             result["running_on"] = "source" if sdom.isActive() else "none"
             module.exit_json(**result)
 
-        op_lock = journal.OperationLock(journal.DEFAULT_VM_LOCK_DIR, name, uuid)
         try:
-            taken = op_lock.acquire(timeout=0)
-        except host_markers.MarkerError as exc:
-            fail("other", "cannot take the operation lock of %r before shutting it down: %s" % (name, exc),
-                 running_on="source" if sdom.isActive() else "none", changed=False)
-        if not taken:
-            fail("busy", "another operation on %r is running on this host (its lock %s is held); nothing was "
-                 "changed: wait for it to end, then run again" % (name, op_lock.path),
-                 running_on="source" if sdom.isActive() else "none", changed=False)
-
-        saved = None
-        if not persistent:
-            # a transient VM that is shut off exists nowhere: keep its XML on the host first
-            saved = journal.restore_path(p["restore_dir"], name, uuid)
-            try:
-                host_markers.write_atomic(saved, xml.encode("utf-8"), mode=0o600, dir_mode=0o700)
-            except host_markers.MarkerError as exc:
-                fail("other", "cannot keep the XML of the transient VM %r before shutting it down, so it was "
-                     "not touched: %s" % (name, exc), running_on="source", changed=False)
+            op_lock, saved = journal.before_power_off(name, uuid, None if persistent else xml, p["restore_dir"],
+                                                      "shutting it down")
+        except journal.NotTouched as exc:
+            fail("busy" if exc.busy else "other", str(exc), running_on="source" if sdom.isActive() else "none",
+                 changed=False)
 
         if sdom.isActive():
             sdom.shutdown()
@@ -404,10 +357,7 @@ def main():
         if p["undefine_source"] and persistent:
             leftover = lookup(src, name)
             if leftover is not None:
-                try:
-                    leftover.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
-                except libvirt.libvirtError:
-                    leftover.undefine()
+                libvirt_adapter.undefine(libvirt, leftover)
         module.exit_json(**result)
     except libvirt.libvirtError as exc:
         fail("other", "libvirt failed while cold-migrating %r: %s" % (name, exc))
@@ -415,10 +365,7 @@ def main():
         if op_lock is not None:
             op_lock.release()
         for conn in (src, dst):
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+            libvirt_adapter.close_quietly(libvirt, conn)
 
 
 if __name__ == "__main__":

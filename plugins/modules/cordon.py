@@ -76,10 +76,6 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import (
-    DEFAULT_CORDON_PATH,
-    cordon_record,
-)
 
 
 def read_marker(path):
@@ -94,7 +90,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", choices=["cordoned", "uncordoned"], default="cordoned"),
-            path=dict(type="path", default=DEFAULT_CORDON_PATH),
+            path=dict(type="path", default=host_markers.DEFAULT_CORDON_PATH),
             reason=dict(type="str", default="evacuation"),
             by=dict(type="str", default="kvm_ras.poison_guard"),
         ),
@@ -114,7 +110,7 @@ def main():
         module.exit_json(changed=True, cordon=existing, path=path)
     if existing is not None:
         module.exit_json(changed=False, cordon=existing, path=path)
-    record = cordon_record(p["reason"], p["by"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    record = host_markers.cordon_record(p["reason"], p["by"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if not module.check_mode:
         try:
             # readable by everyone (external schedulers read it), written only by root

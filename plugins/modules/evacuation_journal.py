@@ -29,13 +29,13 @@ description:
     naming the VM and what to do. This happens when the VM runs on two hosts, or runs nowhere
     on the source while its target cannot be asked, or when a job of the dead run does not end
     within O(wait). Nothing is ever started a second time.
+  - Only V(resume) connects to libvirt, through O(uri) (the source hypervisor itself).
 author:
   - kvm_ras maintainers (@kvm-ras)
-requirements:
-  - libvirt-python on the source hypervisor (Debian/Ubuntu package C(python3-libvirt)) for V(resume).
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE
+  - kvm_ras.poison_guard.libvirt.SOURCE
 options:
   state:
     description:
@@ -88,11 +88,6 @@ options:
         of a transient VM they powered off (V(resume) starts such a VM from it).
     type: path
     default: /var/lib/kvm_ras/restore
-  source_uri:
-    description:
-      - libvirt URI of the source hypervisor itself, for V(resume).
-    type: str
-    default: qemu:///system
   wait:
     description:
       - Seconds V(resume) waits, per VM, for an operation of the dead run that is still going
@@ -154,34 +149,16 @@ unresolved:
 """
 
 import time
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers, journal
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import DEFAULT_LIBVIRT_URI
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+libvirt = libvirt_adapter.binding()  # None without python3-libvirt
+LIBVIRT_IMPORT_ERROR = libvirt_adapter.import_error()
 
 POLL = 0.5
-
-
-def find_domain(conn, name, uuid):
-    """The domain by UUID (when known), else by name; None when the host does not have it."""
-    for how, key in (("uuid", uuid), ("name", name)):
-        if not key:
-            continue
-        try:
-            return conn.lookupByUUIDString(key) if how == "uuid" else conn.lookupByName(key)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-    return None
 
 
 def has_job(dom):
@@ -198,7 +175,7 @@ def domain_state(conn, name, uuid, error=None):
     if conn is None:
         return state
     try:
-        dom = find_domain(conn, name, uuid)
+        dom = libvirt_adapter.find_domain(libvirt, conn, name, uuid)
         if dom is not None:
             state.update(exists=True, active=bool(dom.isActive()), persistent=bool(dom.isPersistent()),
                          domain=dom)
@@ -210,20 +187,12 @@ def domain_state(conn, name, uuid, error=None):
 
 
 def open_conn(uri):
-    try:
-        return libvirt.open(uri), None
-    except libvirt.libvirtError as exc:
-        return None, "%s: %s" % (uri, exc)
+    conn, error = libvirt_adapter.connect(libvirt, uri)
+    return conn, None if conn is not None else "%s: %s" % (uri, error)
 
 
 def wait_running(dom, seconds):
-    deadline = time.time() + seconds
-    while True:
-        if dom.isActive():
-            return True
-        if time.time() >= deadline:
-            return False
-        time.sleep(POLL)
+    return libvirt_adapter.wait_until(dom.isActive, seconds, POLL)
 
 
 def resume_one(module, item, src):
@@ -273,11 +242,7 @@ def resume_one(module, item, src):
                           message="%s; then it failed: %s" % (report["message"], exc))
             return report
         finally:
-            if dconn is not None:
-                try:
-                    dconn.close()
-                except libvirt.libvirtError:
-                    pass
+            libvirt_adapter.close_quietly(libvirt, dconn)
         try:
             host_markers.remove(item["path"])
         except host_markers.MarkerError as exc:
@@ -292,11 +257,7 @@ def act(action, source, dest, src, saved, wait, operation=None):
     if action == journal.DO_NOTHING:
         return
     if action == journal.DO_FINISH:
-        dom = source["domain"]
-        try:
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
-        except libvirt.libvirtError:
-            dom.undefine()
+        libvirt_adapter.undefine(libvirt, source["domain"])
         return
     if action == journal.DO_START_SOURCE:
         dom = source["domain"]
@@ -333,7 +294,7 @@ def main():
             info=dict(type="dict", default={}),
             journal_dir=dict(type="path", default=journal.DEFAULT_JOURNAL_DIR),
             restore_dir=dict(type="path", default=journal.DEFAULT_RESTORE_DIR),
-            source_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
+            uri=libvirt_adapter.uri_argument("source_uri"),
             wait=dict(type="int", default=600),
         ),
         required_if=[("state", "begin", ("name", "run_id", "operation")),
@@ -389,9 +350,9 @@ def main():
                          % (p["journal_dir"], "; ".join(item["problem"] for item in bad)),
                          resumed=[], unresolved=[item["path"] for item in bad])
     if libvirt is None:
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
-                         exception=LIBVIRT_IMPORT_ERROR, resumed=[], unresolved=[])
-    src, error = open_conn(p["source_uri"])
+        module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR,
+                         resumed=[], unresolved=[])
+    src, error = open_conn(p["uri"])
     if src is None:
         module.fail_json(msg="libvirt on the source does not answer (%s), so the %d operation(s) an interrupted "
                          "evacuation left in %s cannot be finished: start libvirtd, then run again"
@@ -399,10 +360,7 @@ def main():
     try:
         resumed = [resume_one(module, item, src) for item in items]
     finally:
-        try:
-            src.close()
-        except libvirt.libvirtError:
-            pass
+        libvirt_adapter.close_quietly(libvirt, src)
     unresolved = [r["name"] for r in resumed if not r["ok"]]
     # finishing an entry changes the host (a VM started or undefined, the entry removed)
     changed = any(r["ok"] for r in resumed)

@@ -107,7 +107,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import (
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.host_markers import (
     DEFAULT_LOCK_PATH,
     LOCK_ACQUIRE,
     LOCK_BREAK,

@@ -22,11 +22,10 @@ description:
   - None of these reads guest RAM, so they are safe for a VM with poisoned memory.
 author:
   - kvm_ras maintainers (@kvm-ras)
-requirements:
-  - libvirt-python on the hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE
+  - kvm_ras.poison_guard.libvirt
 options:
   name:
     description:
@@ -39,11 +38,6 @@ options:
     type: str
     choices: [running, reset, restarted]
     default: running
-  libvirt_uri:
-    description:
-      - libvirt URI of the hypervisor.
-    type: str
-    default: qemu:///system
   wait:
     description:
       - Seconds to wait for the VM to run again (V(restarted), V(running)).
@@ -117,40 +111,24 @@ restore_xml:
   sample: /var/lib/kvm_ras/restore/3f0c1a8e-2b1e-4c55-9d1e-0a1b2c3d4e5f.xml
 """
 
-import time
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers, journal
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import DEFAULT_LIBVIRT_URI
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+libvirt = libvirt_adapter.binding()  # None without python3-libvirt
+LIBVIRT_IMPORT_ERROR = libvirt_adapter.import_error()
 
-PID_DIR = "/run/libvirt/qemu"
+PID_DIR = libvirt_adapter.QEMU_RUN_DIR
+POLL = 0.2
 
 
 def qemu_pid(name):
-    try:
-        with open("%s/%s.pid" % (PID_DIR, name)) as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
+    return libvirt_adapter.qemu_pid(PID_DIR, name)
 
 
 def wait_running(dom, seconds):
-    deadline = time.time() + seconds
-    while True:
-        if dom.isActive():
-            return True
-        if time.time() >= deadline:
-            return False
-        time.sleep(0.2)
+    return libvirt_adapter.wait_until(dom.isActive, seconds, POLL)
 
 
 def power_off(dom):
@@ -180,25 +158,22 @@ def main():
         argument_spec=dict(
             name=dict(type="str", required=True),
             state=dict(type="str", choices=["running", "reset", "restarted"], default="running"),
-            libvirt_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
-            wait=dict(type="int", default=60),
-            restore_dir=dict(type="path", default=journal.DEFAULT_RESTORE_DIR),
+            uri=libvirt_adapter.uri_argument("libvirt_uri"),
+            **journal.power_off_arguments()
         ),
         supports_check_mode=True,
     )
     if libvirt is None:
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
-                         exception=LIBVIRT_IMPORT_ERROR)
+        module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR)
     p = module.params
     name, state = p["name"], p["state"]
     mode = {"reset": "reset", "restarted": "restart"}.get(state)
     result = {"name": name, "state": state, "mode": mode, "changed": False, "pid_before": qemu_pid(name),
               "pid_after": None, "running": False, "restore_xml": None}
     op_lock = None
-    try:
-        conn = libvirt.open(p["libvirt_uri"])
-    except libvirt.libvirtError as exc:
-        module.fail_json(msg="libvirt at %s does not answer: %s" % (p["libvirt_uri"], exc), **result)
+    conn, error = libvirt_adapter.connect(libvirt, p["uri"])
+    if conn is None:
+        module.fail_json(msg="libvirt at %s does not answer: %s" % (p["uri"], error), **result)
     try:
         try:
             dom = conn.lookupByName(name)
@@ -230,27 +205,12 @@ def main():
             module.exit_json(**result)
         persistent = bool(dom.isPersistent())
         uuid = dom.UUIDString()
-        op_lock = journal.OperationLock(journal.DEFAULT_VM_LOCK_DIR, name, uuid)
+        # A transient VM that is powered off exists nowhere: its XML is kept on the host first.
+        xml = None if persistent else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
         try:
-            taken = op_lock.acquire(timeout=0)
-        except host_markers.MarkerError as exc:
-            module.fail_json(msg="cannot take the operation lock of %r before the restart, nothing was changed: %s"
-                             % (name, exc), **untouched(result))
-        if not taken:
-            module.fail_json(msg="another operation on %r is running on this host (its lock %s is held); nothing "
-                             "was changed: wait for it to end, then run again" % (name, op_lock.path),
-                             **untouched(result))
-        xml = saved = None
-        if not persistent:
-            # A transient VM that is powered off exists nowhere: keep its XML on the host first,
-            # so that it can be started again whatever happens to this process.
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
-            saved = journal.restore_path(p["restore_dir"], name, uuid)
-            try:
-                host_markers.write_atomic(saved, xml.encode("utf-8"), mode=0o600, dir_mode=0o700)
-            except host_markers.MarkerError as exc:
-                module.fail_json(msg="cannot keep the XML of the transient VM %r before powering it off, so it "
-                                 "was not touched: %s" % (name, exc), **untouched(result))
+            op_lock, saved = journal.before_power_off(name, uuid, xml, p["restore_dir"], "powering it off for the restart")
+        except journal.NotTouched as exc:
+            module.fail_json(msg=str(exc), **untouched(result))
         power_off(dom)
         try:
             if persistent:
@@ -260,13 +220,13 @@ def main():
         except libvirt.libvirtError as exc:
             result["restore_xml"] = saved
             module.fail_json(msg="CRITICAL: %r was powered off for the restart and did not start again: %s%s"
-                             % (name, exc, restore_hint(saved, p["libvirt_uri"])), **result)
+                             % (name, exc, restore_hint(saved, p["uri"])), **result)
         result["running"] = wait_running(dom, p["wait"])
         result["pid_after"] = qemu_pid(name)
         if not result["running"]:
             result["restore_xml"] = saved
             module.fail_json(msg="CRITICAL: %r was restarted but does not run after %d s%s"
-                             % (name, p["wait"], restore_hint(saved, p["libvirt_uri"])), **result)
+                             % (name, p["wait"], restore_hint(saved, p["uri"])), **result)
         if saved:
             try:
                 host_markers.remove(saved)
@@ -278,10 +238,7 @@ def main():
     finally:
         if op_lock is not None:
             op_lock.release()
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
+        libvirt_adapter.close_quietly(libvirt, conn)
 
 
 if __name__ == "__main__":

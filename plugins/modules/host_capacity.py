@@ -26,17 +26,11 @@ description:
     host's libvirtd is down.
 author:
   - kvm_ras maintainers (@kvm-ras)
-requirements:
-  - libvirt-python on the hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.INFO_MODULE
+  - kvm_ras.poison_guard.libvirt
 options:
-  libvirt_uri:
-    description:
-      - libvirt URI of the hypervisor, as seen from the host the module runs on.
-    type: str
-    default: qemu:///system
   paths:
     description:
       - Files whose existence and size to report in RV(paths), for example the disk images
@@ -200,58 +194,24 @@ libvirt_ok:
 """
 
 import os
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import (
-    DEFAULT_CORDON_PATH,
-    DEFAULT_LIBVIRT_URI,
-    DEFAULT_LOCK_PATH,
-    domain_disks,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import procfs
 
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
-
-# Same words as `virsh domstate` (libvirt's virDomainState values).
-STATE_WORDS = {0: "no state", 1: "running", 2: "idle", 3: "paused", 4: "in shutdown", 5: "shut off",
-               6: "crashed", 7: "pmsuspended"}
-ACTIVE_STATES = (1, 2, 3, 4, 7)
-
-
-def read_json_file(path):
-    """(record or None, problem or None) of a small JSON marker file (never its raw content).
-
-    A file that exists but cannot be read (a symlink, a directory, no permission) counts as
-    present, with ``unreadable`` saying why: a lock or cordon nobody can read is not absent.
-    """
-    return host_markers.read_json_marker(path)
+libvirt = libvirt_adapter.binding()  # None without python3-libvirt
+LIBVIRT_IMPORT_ERROR = libvirt_adapter.import_error()
 
 
 def qemu_processes(proc_root):
     """QEMU processes from the process table: [{name, uuid, pid}] (no libvirt needed)."""
-    found = []
     try:
-        pids = procfs.list_pids(proc_root)
+        found = procfs.qemu_processes(proc_root)
     except OSError:
-        return found
-    for pid in pids:
-        try:
-            argv = procfs.read_cmdline(proc_root, pid)
-        except OSError:
-            continue
-        if not procfs.is_qemu_process(argv, procfs.read_exe(proc_root, pid)):
-            continue
-        info = procfs.parse_qemu_cmdline(argv)
-        found.append({"name": info.get("name"), "uuid": info.get("uuid"), "pid": pid})
-    return found
+        return []
+    return [{"name": info.get("name"), "uuid": info.get("uuid"), "pid": info["pid"]} for info in found]
 
 
 def file_size(path):
@@ -268,14 +228,14 @@ def describe_domain(dom):
         autostart = bool(dom.autostart())
     except libvirt.libvirtError:
         autostart = False
-    disks = domain_disks(dom.XMLDesc(0))
+    disks = libvirt_adapter.domain_disks(dom.XMLDesc(0))
     for disk in disks:
         disk["size"] = file_size(disk["path"]) if disk.get("type") == "file" and disk.get("path") else None
     return {
         "name": dom.name(),
         "uuid": dom.UUIDString(),
-        "state": STATE_WORDS.get(state, str(state)),
-        "active": state in ACTIVE_STATES,
+        "state": libvirt_adapter.state_word(state),
+        "active": state in libvirt_adapter.ACTIVE_STATES,
         "persistent": bool(dom.isPersistent()),
         "autostart": autostart,
         "memory_mib": int(max_kib // 1024),
@@ -293,17 +253,19 @@ def free_memory_mib(conn):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            libvirt_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
+            uri=libvirt_adapter.uri_argument("libvirt_uri"),
             paths=dict(type="list", elements="path", default=[]),
-            cordon_path=dict(type="path", default=DEFAULT_CORDON_PATH),
-            lock_path=dict(type="path", default=DEFAULT_LOCK_PATH),
+            cordon_path=dict(type="path", default=host_markers.DEFAULT_CORDON_PATH),
+            lock_path=dict(type="path", default=host_markers.DEFAULT_LOCK_PATH),
             proc_root=dict(type="path", default="/proc"),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    cordon, cordon_problem = read_json_file(params["cordon_path"])
-    lock, lock_problem = read_json_file(params["lock_path"])
+    # A marker that exists but cannot be read (a symlink, a directory, no permission) counts as
+    # present, with ``unreadable`` saying why: a lock or cordon nobody can read is not absent.
+    cordon, cordon_problem = host_markers.read_json_marker(params["cordon_path"])
+    lock, lock_problem = host_markers.read_json_marker(params["lock_path"])
     result = {
         "changed": False,
         "cordon": dict(cordon or {}, cordoned=cordon is not None, path=params["cordon_path"]),
@@ -315,12 +277,10 @@ def main():
         if problem:
             module.warn("cannot read %s" % problem)
     if libvirt is None:
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
-                         exception=LIBVIRT_IMPORT_ERROR, **result)
-    try:
-        conn = libvirt.open(params["libvirt_uri"])
-    except libvirt.libvirtError as exc:
-        module.fail_json(msg="libvirt at %s does not answer: %s" % (params["libvirt_uri"], exc), **result)
+        module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR, **result)
+    conn, error = libvirt_adapter.connect(libvirt, params["uri"])
+    if conn is None:
+        module.fail_json(msg="libvirt at %s does not answer: %s" % (params["uri"], error), **result)
     try:
         _model, memory_mib, cpus, _mhz, _nodes, _sockets, _cores, _threads = conn.getInfo()
         version = conn.getLibVersion()
@@ -329,7 +289,7 @@ def main():
             try:
                 domains.append(describe_domain(dom))
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                if not libvirt_adapter.is_no_domain(libvirt, exc):
                     raise
                 # gone between listing and reading (it just migrated away or was undefined)
         domains.sort(key=lambda d: d["name"])
@@ -346,13 +306,9 @@ def main():
             "running_memory_mib": sum(d["memory_mib"] for d in domains if d["active"]),
         })
     except libvirt.libvirtError as exc:
-        module.fail_json(msg="libvirt at %s failed while listing the host: %s" % (params["libvirt_uri"], exc),
-                         **result)
+        module.fail_json(msg="libvirt at %s failed while listing the host: %s" % (params["uri"], exc), **result)
     finally:
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
+        libvirt_adapter.close_quietly(libvirt, conn)
     result["paths"] = {path: {"exists": os.path.exists(path), "size": file_size(path)} for path in params["paths"]}
     module.exit_json(**result)
 

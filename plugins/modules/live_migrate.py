@@ -34,11 +34,10 @@ description:
     on the source; RV(poison_check) holds the verdict and evidence.
 author:
   - kvm_ras maintainers (@kvm-ras)
-requirements:
-  - libvirt-python on the source hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE
+  - kvm_ras.poison_guard.libvirt.SOURCE
 attributes:
   action:
     description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
@@ -67,11 +66,6 @@ options:
         The module opens it in both cases to check where the VM runs.
     type: str
     required: true
-  source_uri:
-    description:
-      - libvirt URI of the source hypervisor, as seen from the host the module runs on.
-    type: str
-    default: qemu:///system
   live:
     description:
       - Keep the VM running while its memory is copied (C(VIR_MIGRATE_LIVE)). With V(false)
@@ -178,7 +172,7 @@ options:
         (also in check mode; it only reads). The VM is selected by its libvirt UUID, so another
         QEMU process with the same name is never scanned in its place.
       - Needs root on the source hypervisor (the task runs there with become) and a local
-        O(source_uri) such as V(qemu:///system).
+        O(uri) such as V(qemu:///system).
       - V(false) skips the scan; the gate's earlier decision is then all that protects the VM.
     type: bool
     default: true
@@ -197,7 +191,7 @@ notes:
     abort, or switch to post-copy.
   - When O(max_downtime) is set, the source QEMU keeps that downtime limit after a failed or
     aborted migration.
-  - The module opens a second connection to O(source_uri) for reading the job's progress and
+  - The module opens a second connection to O(uri) for reading the job's progress and
     for the abort, so neither waits behind the blocking migrate call.
 seealso:
   - module: kvm_ras.poison_guard.migration_gate
@@ -400,14 +394,14 @@ postcopy_started:
 """
 
 import json
-import os
 import re
-import tempfile
 import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import host_markers
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import describe_os_error
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration import (
     CRITICAL_PLACEMENTS,
@@ -430,12 +424,8 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration imp
 # How long an aborted job may take to wind down before the module stops waiting for it.
 ABORT_GRACE_SECONDS = 60
 
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+libvirt = libvirt_adapter.binding()  # None without python3-libvirt
+LIBVIRT_IMPORT_ERROR = libvirt_adapter.import_error()
 
 
 HOST_UUID_RE = re.compile(r"<host>\s*<uuid>([^<]+)</uuid>")
@@ -443,7 +433,7 @@ HOST_UUID_RE = re.compile(r"<host>\s*<uuid>([^<]+)</uuid>")
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     dest_uri=dict(type="str", required=True),
-    source_uri=dict(type="str", default="qemu:///system"),
+    uri=libvirt_adapter.uri_argument("source_uri"),
     live=dict(type="bool", default=True),
     persistent_dest=dict(type="bool", default=True),
     undefine_source=dict(type="bool", default=True),
@@ -464,10 +454,6 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def _is_no_domain(exc):
-    return getattr(exc, "get_error_code", lambda: None)() == getattr(libvirt, "VIR_ERR_NO_DOMAIN", 42)
-
-
 def domain_state(conn, name):
     """(state word, domain or None): running / defined / absent / unknown."""
     if conn is None:
@@ -475,13 +461,13 @@ def domain_state(conn, name):
     try:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError as exc:
-        if _is_no_domain(exc):
+        if libvirt_adapter.is_no_domain(libvirt, exc):
             return "absent", None
         return "unknown", None
     try:
         return ("running" if dom.isActive() else "defined"), dom
     except libvirt.libvirtError as exc:
-        if _is_no_domain(exc):
+        if libvirt_adapter.is_no_domain(libvirt, exc):
             return "absent", None
         return "unknown", dom
 
@@ -497,14 +483,6 @@ def host_uuid(conn):
 
 def _active(state):
     return {"running": True, "defined": False, "absent": False}.get(state)
-
-
-def _close(conn):
-    if conn is not None:
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
 
 
 def _list_names(conn):
@@ -569,18 +547,15 @@ class LiveMigration:
         self.result["flags"] = list(plan["flags"])
         self.result["params"] = dict(plan["params"])
 
-        opener = libvirt.openReadOnly if self.module.check_mode else libvirt.open
-        try:
-            self.source = opener(self.params["source_uri"])
-        except libvirt.libvirtError as exc:
+        read_only = self.module.check_mode
+        self.source, error = libvirt_adapter.connect(libvirt, self.params["uri"], read_only)
+        if self.source is None:
             self.fail("cannot open the source libvirt %s: %s (is libvirtd running, and does the task run "
-                      "with become on the source hypervisor?)" % (self.params["source_uri"], exc))
-        try:
-            self.dest = opener(self.dest_uri)
-        except libvirt.libvirtError as exc:
-            self.dest = None
+                      "with become on the source hypervisor?)" % (self.params["uri"], error))
+        self.dest, error = libvirt_adapter.connect(libvirt, self.dest_uri, read_only)
+        if self.dest is None:
             self.observe(migration_started=False)
-            self.fail_classified(str(exc), phase="connect_destination")
+            self.fail_classified(error, phase="connect_destination")
 
         source_host, dest_host = host_uuid(self.source), host_uuid(self.dest)
         if source_host and source_host == dest_host:
@@ -591,7 +566,7 @@ class LiveMigration:
             self.result["critical"] = True
             self.fail("CRITICAL: VM %r is already running on BOTH %s and %s; stop one of them by hand "
                       "(two QEMUs may be writing the same disks) before anything else" % (
-                          self.name, self.params["source_uri"], self.dest_uri))
+                          self.name, self.params["uri"], self.dest_uri))
         if dst_state == "running":
             if src_state == "defined" and self.params["undefine_source"]:
                 self.module.warn("VM %r runs on the destination but an inactive definition is left on the "
@@ -603,9 +578,9 @@ class LiveMigration:
                           "only" % self.name)
             if src_state == "absent":
                 self.fail("VM %r was not found on the source (%s: %s) and does not run on %s" % (
-                    self.name, self.params["source_uri"], ", ".join(_list_names(self.source)) or "no VMs",
+                    self.name, self.params["uri"], ", ".join(_list_names(self.source)) or "no VMs",
                     self.dest_uri))
-            self.fail("cannot tell whether VM %r runs on the source %s" % (self.name, self.params["source_uri"]))
+            self.fail("cannot tell whether VM %r runs on the source %s" % (self.name, self.params["uri"]))
 
         self.check_poison()
         if self.module.check_mode:
@@ -624,7 +599,7 @@ class LiveMigration:
             uuid = self.source.lookupByName(self.name).UUIDString()
         except libvirt.libvirtError as exc:
             self.fail("cannot read the UUID of VM %r for the poison check: %s" % (self.name, exc))
-        go, report, message = poison_precheck(uuid, self.name, self.params["source_uri"],
+        go, report, message = poison_precheck(uuid, self.name, self.params["uri"],
                                               self.params["on_unknown"])
         self.result["poison_check"] = report
         if go:
@@ -650,11 +625,11 @@ class LiveMigration:
         one cannot be opened.
         """
         try:
-            self.control = libvirt.open(self.params["source_uri"])
+            self.control = libvirt.open(self.params["uri"])
             return self.control.lookupByUUIDString(dom.UUIDString())
         except libvirt.libvirtError as exc:
             self.module.warn("could not open a second connection to %s for watching the migration (%s); "
-                             "polling and abort share the migrating connection" % (self.params["source_uri"], exc))
+                             "polling and abort share the migrating connection" % (self.params["uri"], exc))
             return dom
 
     def migrate(self, plan):
@@ -743,30 +718,18 @@ class LiveMigration:
         return None
 
     def close(self):
-        _close(self.control)
-        _close(self.dest)
-        _close(self.source)
+        for conn in (self.control, self.dest, self.source):
+            libvirt_adapter.close_quietly(libvirt, conn)
 
     def progress_writer(self):
         """A function that replaces the progress file atomically, or None without one."""
         path = self.params["progress_file"]
         if not path:
             return None
-        directory = os.path.dirname(path) or "."
 
         def write(record):
             record = dict(record, vm=self.params["name"], dest_uri=self.params["dest_uri"])
-            handle, temp = tempfile.mkstemp(prefix=".progress.", dir=directory)
-            try:
-                with os.fdopen(handle, "w") as stream:
-                    json.dump(record, stream)
-                os.replace(temp, path)
-            except OSError:
-                try:
-                    os.unlink(temp)
-                except OSError:
-                    pass
-                raise
+            host_markers.replace_file(path, json.dumps(record).encode("utf-8"))
         return write
 
 
@@ -778,8 +741,7 @@ def main():
     except MigrationInputError as exc:
         module.fail_json(msg=str(exc), name=module.params["name"], dest_uri=module.params["dest_uri"])
     if libvirt is None:
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
-                         exception=LIBVIRT_IMPORT_ERROR)
+        module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR)
     migration = LiveMigration(module)
     try:
         migration.run(plan)

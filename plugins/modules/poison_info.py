@@ -335,6 +335,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import describe_os_error
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison.inventory import (
     DEFAULT_BACKING_READ_LIMIT_MIB,
@@ -344,7 +345,7 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison.invent
 )
 
 DEFAULTS = {"qemu_log_dir": "/var/log/libvirt/qemu", "boot_dir": "/boot",
-            "libvirt_run_dir": "/run/libvirt/qemu"}
+            "libvirt_run_dir": libvirt_adapter.QEMU_RUN_DIR}
 
 
 def main():
@@ -353,8 +354,8 @@ def main():
             vms=dict(type="list", elements="str", default=[]),
             proc_root=dict(type="path", default="/proc"),
             sys_root=dict(type="path", default="/sys"),
-            libvirt_uri=dict(type="str", default="qemu:///system"),
-            libvirt_run_dir=dict(type="path", default="/run/libvirt/qemu"),
+            libvirt_uri=dict(type="str", default=libvirt_adapter.DEFAULT_URI),
+            libvirt_run_dir=dict(type="path", default=libvirt_adapter.QEMU_RUN_DIR),
             qemu_log_dir=dict(type="path", default="/var/log/libvirt/qemu"),
             boot_dir=dict(type="path", default="/boot"),
             kernel_log=dict(type="str", default="auto"),

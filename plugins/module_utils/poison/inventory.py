@@ -16,6 +16,7 @@ import os
 import socket
 import time
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import backing
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import encoding as enc
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import guard
@@ -47,7 +48,7 @@ class Options:
     """Inputs of ``collect`` (the module's options plus test hooks)."""
 
     def __init__(self, vms=None, proc_root="/proc", sys_root="/sys",
-                 libvirt_uri="qemu:///system", libvirt_run_dir="/run/libvirt/qemu",
+                 libvirt_uri=libvirt_adapter.DEFAULT_URI, libvirt_run_dir=libvirt_adapter.QEMU_RUN_DIR,
                  qemu_log_dir="/var/log/libvirt/qemu", boot_dir="/boot", kernel_log="auto",
                  scan_method="auto", pagemap_scan=None, reread_delay=pagemap.REREAD_DELAY,
                  backing_read_limit_mib=DEFAULT_BACKING_READ_LIMIT_MIB, clock=time.time):
@@ -162,23 +163,11 @@ class Collector:
     # -- discovery ------------------------------------------------------------------------
     def _procfs_qemus(self):
         try:
-            pids = procfs.list_pids(self.proc)
+            found = procfs.qemu_processes(self.proc)
         except OSError as exc:
             problem = "cannot list %s: %s" % (self.proc, _err(exc))
             self.discovery["procfs"] = {"qemu_processes": 0, "problem": problem}
             return None, problem
-        found = []
-        for pid in pids:
-            try:
-                argv = procfs.read_cmdline(self.proc, pid)
-            except OSError:
-                continue  # gone, or a kernel thread we may not read
-            exe = procfs.read_exe(self.proc, pid)
-            if not procfs.is_qemu_process(argv, exe):
-                continue
-            info = procfs.parse_qemu_cmdline(argv)
-            info.update({"pid": pid, "argv": argv, "exe": exe})
-            found.append(info)
         self.discovery["procfs"] = {"qemu_processes": len(found), "problem": None}
         return found, None
 

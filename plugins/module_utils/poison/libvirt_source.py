@@ -5,15 +5,16 @@
 
 A read-only connection is enough: name, UUID, domain type, memory, vCPUs and the
 ``<memoryBacking>`` of the live XML. The QEMU PID comes from libvirt's pid file
-(``/run/libvirt/qemu/<name>.pid``) or status XML (``<domstatus ... pid='N'>``), and is
-cross-checked against procfs by the caller.
+(``/run/libvirt/qemu/<name>.pid``) or status XML (``<domstatus ... pid='N'>``), read by the
+libvirt adapter (``module_utils/libvirt.py``), and is cross-checked against procfs by the caller.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import xml.etree.ElementTree as ET
+
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.libvirt import qemu_pid as pid_from_run_dir
 
 _UNIT_KIB = {"b": 1.0 / 1024, "bytes": 1.0 / 1024, "k": 1, "kib": 1, "kb": 1000.0 / 1024,
              "m": 1024, "mib": 1024, "mb": 1000.0 ** 2 / 1024, "g": 1024 ** 2,
@@ -60,31 +61,14 @@ def parse_domain_xml(xml_text):
     return info
 
 
-def pid_from_run_dir(run_dir, name):
-    """QEMU PID from ``<run_dir>/<name>.pid`` or the status XML; None if neither is readable."""
-    try:
-        with open(os.path.join(run_dir, name + ".pid"), "r", encoding="utf-8") as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        pass
-    try:
-        with open(os.path.join(run_dir, name + ".xml"), "r", encoding="utf-8") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return None
-    match = re.search(r"<domstatus[^>]*\spid=['\"](\d+)['\"]", head)
-    return int(match.group(1)) if match else None
-
-
 def discover(uri, run_dir):
     """Running domains of ``uri``: ``(list of dicts, problem or None)``.
 
     Each dict: ``name``, ``uuid``, ``id``, ``type``, ``memory_mib``, ``vcpus``,
     ``memory_backing``, ``pid`` (from ``run_dir``, may be None).
     """
-    try:
-        import libvirt  # pylint: disable=import-outside-toplevel
-    except ImportError:
+    libvirt, _error = libvirt_adapter.load()
+    if libvirt is None:
         return [], "python3-libvirt is not installed: libvirt domains were not listed"
 
     def _quiet(_ctx, _err):

@@ -86,6 +86,28 @@ def is_qemu_process(argv, exe):
     return bool(argv) and is_qemu_binary_name(argv[0]) or is_qemu_binary_name(exe)
 
 
+def qemu_processes(proc_root):
+    """Every QEMU system emulator of the process table, in PID order:
+    ``[{pid, argv, exe, name, uuid, ...}]`` (the keys of ``parse_qemu_cmdline`` plus the three).
+
+    Raises OSError when ``proc_root`` cannot be listed; a process that ends (or whose cmdline
+    cannot be read, as for a kernel thread) while the table is walked is skipped.
+    """
+    found = []
+    for pid in list_pids(proc_root):
+        try:
+            argv = read_cmdline(proc_root, pid)
+        except OSError:
+            continue  # gone, or a kernel thread we may not read
+        exe = read_exe(proc_root, pid)
+        if not is_qemu_process(argv, exe):
+            continue
+        info = parse_qemu_cmdline(argv)
+        info.update({"pid": pid, "argv": argv, "exe": exe})
+        found.append(info)
+    return found
+
+
 def split_qemu_options(value):
     """QEMU option string -> list of ``(key or None, value)``; ``,,`` is an escaped comma."""
     parts = []

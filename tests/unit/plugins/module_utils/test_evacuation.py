@@ -378,23 +378,6 @@ def test_render_plan_lists_every_vm_and_quotes_odd_names():
     assert "summary: leave 1, live_migrate 1; 1 to move" in text
 
 
-# ------------------------------------------------------------------------------ lock --
-
-def test_lock_decisions():
-    now = 10000.0
-    assert ev.lock_decision(None, "run1", now)[0] == ev.LOCK_ACQUIRE
-    assert ev.lock_decision({"owner": "run1", "since": now}, "run1", now)[0] == ev.LOCK_REENTER
-    decision, message = ev.lock_decision({"owner": "run0", "controller": "awx-1", "since": now - 60,
-                                          "since_iso": "2026-01-01T00:00:00Z"}, "run1", now)
-    assert decision == ev.LOCK_REFUSE
-    assert "lock held by run run0 from awx-1 since 2026-01-01T00:00:00Z" in message
-    assert "-e evacuate_break_lock=true" in message
-    assert ev.lock_decision({"owner": "run0", "since": now - 60}, "run1", now, break_lock=True)[0] == ev.LOCK_BREAK
-    assert ev.lock_decision({"owner": "run0", "since": now - 60}, "run1", now, stale_after=30)[0] == ev.LOCK_BREAK
-    assert ev.lock_decision({"owner": "run0", "since": now - 60}, "run1", now, stale_after=120)[0] == ev.LOCK_REFUSE
-    assert ev.lock_decision({"unreadable": "not JSON"}, "run1", now)[0] == ev.LOCK_REFUSE
-
-
 # ------------------------------------------------------------------------------ outcomes --
 
 MIGRATED = {"changed": True, "migrated": True, "running_on": "destination", "failure": None,
@@ -555,27 +538,6 @@ def test_rerun_on_an_emptied_host_is_a_no_op_plan():
     assert plan["vms"] == [] and plan["moves"] == 0 and ev.plan_problems(plan) == []
     report = ev.build_report(request(), plan, [], ev.verify(plan, [], states(hv1=[], hv2=[], hv3=[])), RUN)
     assert report["failed"] is False and report["msg"] == "evacuation done: 0 VM(s) moved, the source runs no VM"
-
-
-# ------------------------------------------------------------------------------ domain XML --
-
-DOMAIN_XML = """<domain type='qemu'><name>g1</name><devices>
-  <disk type='file' device='disk'><driver name='qemu' type='raw'/>
-    <source file='/var/lib/libvirt/images/shared/tick.img'/><target dev='vda' bus='virtio'/><readonly/></disk>
-  <disk type='block' device='disk'><source dev='/dev/vg/data'/><target dev='vdb' bus='virtio'/><shareable/></disk>
-  <disk type='network' device='disk'><source protocol='rbd' name='pool/img'/><target dev='vdc' bus='virtio'/></disk>
-  <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
-</devices></domain>"""
-
-
-def test_domain_disks():
-    disks = ev.domain_disks(DOMAIN_XML)
-    assert [(d["target"], d["type"], d["path"], d["readonly"], d["shareable"]) for d in disks] == [
-        ("vda", "file", "/var/lib/libvirt/images/shared/tick.img", True, False),
-        ("vdb", "block", "/dev/vg/data", False, True),
-        ("vdc", "network", "pool/img", False, False),
-        ("hdc", "file", None, True, False),
-    ]
 
 
 def test_misspelt_extra_vars_are_caught_but_unrelated_ones_pass():

@@ -106,3 +106,36 @@ def test_remove_removes_a_symlink_not_its_target(state_dir, tmp_path):
     (state_dir / "evacuation.lock").symlink_to(victim)
     assert host_markers.remove(str(state_dir / "evacuation.lock")) is True
     assert victim.exists() and host_markers.remove(str(state_dir / "evacuation.lock")) is False
+
+
+# ------------------------------------------------------------------------------ lock decision --
+
+def test_lock_decisions():
+    """What evacuation_lock does with the record it finds (moved here from test_evacuation.py)."""
+    decide, hm = host_markers.lock_decision, host_markers
+    now = 10000.0
+    assert decide(None, "run1", now)[0] == hm.LOCK_ACQUIRE
+    assert decide({"owner": "run1", "since": now}, "run1", now)[0] == hm.LOCK_REENTER
+    decision, message = decide({"owner": "run0", "controller": "awx-1", "since": now - 60,
+                                "since_iso": "2026-01-01T00:00:00Z"}, "run1", now)
+    assert decision == hm.LOCK_REFUSE
+    assert "lock held by run run0 from awx-1 since 2026-01-01T00:00:00Z" in message
+    assert "-e evacuate_break_lock=true" in message
+    assert decide({"owner": "run0", "since": now - 60}, "run1", now, break_lock=True)[0] == hm.LOCK_BREAK
+    assert decide({"owner": "run0", "since": now - 60}, "run1", now, stale_after=30)[0] == hm.LOCK_BREAK
+    assert decide({"owner": "run0", "since": now - 60}, "run1", now, stale_after=120)[0] == hm.LOCK_REFUSE
+    assert decide({"unreadable": "not JSON"}, "run1", now)[0] == hm.LOCK_REFUSE
+
+
+def test_replace_file_swaps_a_symlink_instead_of_writing_through_it(tmp_path):
+    """The progress file of live_migrate goes through replace_file: a symlink planted at its
+    name is replaced (rename(2) replaces the link itself), its target is left as it was."""
+    secret = tmp_path / "shadow"
+    secret.write_text(SECRET)
+    target = tmp_path / "progress.json"
+    target.symlink_to(secret)
+    host_markers.replace_file(str(target), b'{"phase": "starting"}')
+    assert secret.read_text() == SECRET
+    assert not target.is_symlink() and target.read_bytes() == b'{"phase": "starting"}'
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,53 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Modules run on the hypervisors: they import on-host code only, and every module that
+connects to libvirt does it through module_utils/libvirt.py with the one option name ``uri``
+(doc fragment kvm_ras.poison_guard.libvirt)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+MODULES = Path(__file__).resolve().parents[4] / "plugins" / "modules"
+ADAPTER = "ansible_collections.kvm_ras.poison_guard.plugins.module_utils.libvirt"
+
+
+def imports(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names += ["%s.%s" % (node.module, alias.name) for alias in node.names]
+    return names
+
+
+def documentation(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DOCUMENTATION":
+            return yaml.safe_load(node.value.value)
+    raise AssertionError("%s has no DOCUMENTATION" % path.name)
+
+
+@pytest.mark.parametrize("path", sorted(MODULES.glob("*.py")), ids=lambda p: p.name)
+def test_a_module_imports_no_controller_code_and_no_libvirt_of_its_own(path):
+    names = imports(path)
+    assert not [n for n in names if ".module_utils.evacuation" in n or "plugin_utils" in n], names
+    assert "libvirt" not in names, "import libvirt through %s" % ADAPTER
+
+
+def test_every_module_that_connects_to_libvirt_names_its_connection_uri():
+    connecting = [p for p in sorted(MODULES.glob("*.py")) if "libvirt_adapter.binding()" in p.read_text(encoding="utf-8")]
+    assert {p.stem for p in connecting} == {"host_capacity", "guest_power", "cold_migrate", "live_migrate",
+                                            "evacuation_journal"}
+    for path in connecting:
+        doc = documentation(path)
+        fragments = doc["extends_documentation_fragment"]
+        assert len({"kvm_ras.poison_guard.libvirt", "kvm_ras.poison_guard.libvirt.SOURCE"} & set(fragments)) == 1, path
+        assert not {"uri", "libvirt_uri", "source_uri"} & set(doc["options"]), path
+        assert "libvirt_adapter.uri_argument(" in path.read_text(encoding="utf-8"), path
