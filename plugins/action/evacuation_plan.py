@@ -34,12 +34,13 @@ class ActionModule(ActionBase):
         if source.get("failed") or not source.get("libvirt_ok", True):
             raise AnsibleActionFail("the source's libvirt did not answer, nothing can be planned: %s"
                                     % (source.get("msg") or "no message"))
-        for name in ("poison_info", "gate"):
-            if args[name].get("failed") or args[name].get("skipped"):
+        for name in ("poison_info", "gate", "preflight"):
+            if args[name] is not None and (args[name].get("failed") or args[name].get("skipped")):
                 raise AnsibleActionFail("the %s step failed, so the evacuation cannot decide and stops before any "
                                         "change (fail closed): %s" % (name, args[name].get("msg") or "no message"))
         try:
-            plan = evacuation.build_plan(request, source, by_host(args["targets"]), args["poison_info"], args["gate"])
+            plan = evacuation.build_plan(request, source, by_host(args["targets"]), args["poison_info"], args["gate"],
+                                         preflight=args["preflight"])
         except evacuation.EvacuationInputError as exc:
             raise AnsibleActionFail(str(exc), result={"problems": exc.problems}) from exc
         lines = evacuation.render_plan(plan, request, check_mode=args["check_mode"])

@@ -501,10 +501,12 @@ def answered(facts):
             and isinstance(facts.get("domains"), list))
 
 
-def target_capacity(name, facts, request):
+def target_capacity(name, facts, request, preflight=None):
     """What one target can take: usable, why not, free memory and vCPU headroom.
 
-    ``facts`` is the target's host_capacity result (or a failed/unreachable result).
+    ``facts`` is the target's host_capacity result (or a failed/unreachable result);
+    ``preflight`` the migration_preflight result of the run (None: no preflight was run). A
+    target the preflight did not find usable, or did not check, takes no VM.
     """
     entry = {"name": name, "usable": False, "reason": None, "memory_free_mib": None,
              "vcpu_free": None, "cpus": None, "running_vcpus": None, "running_count": None,
@@ -540,8 +542,40 @@ def target_capacity(name, facts, request):
     if not entry["uri"]:
         entry["reason"] = "no migration URI"
         return entry
+    if preflight is not None:
+        checked = (preflight.get("targets") or {}).get(name)
+        if not checked or not checked.get("usable"):
+            entry["reason"] = "preflight: %s" % (" | ".join((checked or {}).get("reasons") or [])
+                                                 or "not checked by the preflight (fail closed)")
+            return entry
     entry["usable"] = True
     return entry
+
+
+def preflight_check(preflight, vm_name, target):
+    """(ok, reason): may the VM move to the target by the preflight (None: no preflight run)."""
+    if preflight is None:
+        return True, None
+    entry = ((preflight.get("vms") or {}).get(vm_name) or {}).get(target)
+    if entry is None:
+        return False, "the preflight did not check %s on it (fail closed)" % vm_name
+    if not entry.get("usable"):
+        return False, "preflight: %s" % (" | ".join(entry.get("reasons") or []) or "not usable")
+    return True, None
+
+
+def hugetlb_reset_keeps_poison(entry):
+    """True when a reboot would not clear the VM's poison: its guest RAM is hugetlbfs-backed
+    and its QEMU is older than 10.0, whose reset does not replace a poisoned huge page
+    (QEMU 10.0: "handle hugetlb correctly in qemu_ram_remap"). None when it cannot be told."""
+    scan = (entry or {}).get("scan") or {}
+    hugetlb = scan.get("hugetlb_mappings")
+    if not hugetlb:
+        return False if hugetlb == 0 else None
+    match = re.match(r"^\s*(\d+)\.", str((entry or {}).get("qemu_version") or ""))
+    if not match:
+        return None
+    return int(match.group(1)) < 10
 
 
 def disks_available(vm_disks, target_paths):
@@ -568,12 +602,13 @@ def disks_available(vm_disks, target_paths):
     return True, None
 
 
-def place(vms, capacities, cold_disk_check=None):
+def place(vms, capacities, cold_disk_check=None, target_check=None):
     """Assign each VM that should move to a usable target with room.
 
     ``vms``: dicts with name, memory_mib, vcpus, action (only MOVING_ACTIONS are placed) and,
     for cold migration, disks. ``capacities``: target_capacity entries (in target order).
-    ``cold_disk_check(vm, target_name)`` -> (ok, reason) for cold migrations.
+    ``cold_disk_check(vm, target_name)`` -> (ok, reason) for cold migrations;
+    ``target_check(vm, target_name)`` -> (ok, reason) for every move (the preflight).
 
     Largest memory first; each goes to the usable target that fits its memory and vCPUs and
     keeps the most headroom afterwards: the larger of the two is the smaller of the free
@@ -604,6 +639,11 @@ def place(vms, capacities, cold_disk_check=None):
                 continue
             if vm.get("action") == ACTION_COLD and cold_disk_check is not None:
                 ok, why = cold_disk_check(vm, cap["name"])
+                if not ok:
+                    refusals.append("%s: %s" % (cap["name"], why))
+                    continue
+            if target_check is not None:
+                ok, why = target_check(vm, cap["name"])
                 if not ok:
                     refusals.append("%s: %s" % (cap["name"], why))
                     continue
@@ -681,12 +721,13 @@ def _poison_index(poison):
     return entries
 
 
-def build_plan(request, source_facts, targets_facts, poison, gate):
+def build_plan(request, source_facts, targets_facts, poison, gate, preflight=None):
     """The evacuation plan, gathered before anything changes.
 
     ``source_facts``: host_capacity of the source (its ``domains``); ``targets_facts``: target
     name -> host_capacity result; ``poison``: poison_info of the source; ``gate``: the
-    migration_gate result for the source's VMs.
+    migration_gate result for the source's VMs; ``preflight``: migration_preflight from the
+    source (None: none was run), whose unusable targets and VM/target pairs get no VM.
 
     Returns {source, targets: [capacity entries], vms: [...], counts, moves, leave_unknown}.
     Raises EvacuationInputError for requests that cannot be planned (VMs named in
@@ -710,7 +751,8 @@ def build_plan(request, source_facts, targets_facts, poison, gate):
 
     allowed, blocked, decisions = _gate_index(gate)
     poison_entries = _poison_index(poison)
-    capacities = [target_capacity(t, (targets_facts or {}).get(t), request) for t in request["evacuate_targets"]]
+    capacities = [target_capacity(t, (targets_facts or {}).get(t), request, preflight)
+                  for t in request["evacuate_targets"]]
 
     vms = []
     for index, dom in enumerate(sorted(domains, key=lambda d: d["name"])):
@@ -745,6 +787,12 @@ def build_plan(request, source_facts, targets_facts, poison, gate):
             vm["action"], vm["reason"] = decide_action(
                 status, dom["name"] in allowed, request["poisoned_vm_policy"], request["unknown_vm_policy"],
                 gate_reason=gate_reason, leave_requested=dom["name"] in leave)
+            if vm["action"] == ACTION_REBOOT and hugetlb_reset_keeps_poison(entry):
+                vm["action"], vm["reason"] = ACTION_LEAVE, (
+                    "poisoned hugetlbfs-backed guest RAM on QEMU %s: a reboot does not repair a poisoned huge "
+                    "page before QEMU 10.0, so reboot_then_migrate would leave it poisoned; choose "
+                    "poisoned_vm_policy=cold_migrate (a new QEMU process gets new memory) or restart it by hand"
+                    % entry.get("qemu_version"))
             vm["gate"] = "allowed" if dom["name"] in allowed else "blocked"
         vms.append(vm)
 
@@ -753,7 +801,10 @@ def build_plan(request, source_facts, targets_facts, poison, gate):
     def cold_check(vm, target):
         return disks_available(vm.get("disks"), target_paths.get(target))
 
-    placement = place(vms, capacities, cold_disk_check=cold_check)
+    def preflight_ok(vm, target):
+        return preflight_check(preflight, vm["name"], target)
+
+    placement = place(vms, capacities, cold_disk_check=cold_check, target_check=preflight_ok)
     for vm in vms:
         if vm["action"] not in MOVING_ACTIONS:
             continue
@@ -778,6 +829,7 @@ def build_plan(request, source_facts, targets_facts, poison, gate):
         "counts": counts,
         "moves": sum(1 for vm in vms if vm["action"] in MOVING_ACTIONS),
         "running": sum(1 for vm in vms if vm["action"] != ACTION_NONE),
+        "preflight": None if preflight is None else list((preflight.get("summary") or {}).get("lines") or []),
     }
 
 
@@ -828,6 +880,10 @@ def render_plan(plan, request, check_mode=False):
                       len(t.get("assigned") or []), t["reason"] or ""])
     lines += _table(["TARGET", "USABLE", "FREE MiB (after plan)", "FREE vCPUs (after plan)", "VMs IN", "WHY NOT"], trows)
     lines.append("")
+    if plan.get("preflight") is not None:
+        lines.append("preflight from %s (transport, CPU, machine type, QEMU, networks, disks):" % plan["source"])
+        lines += ["  " + line for line in plan["preflight"]] or ["  no target to check"]
+        lines.append("")
     vrows = []
     for vm in plan["vms"]:
         vrows.append([_shown(vm["name"]), vm["status"], vm["action"], vm["target"] or "-",

@@ -65,6 +65,13 @@ options:
     description: Result of M(kvm_ras.poison_guard.migration_gate) on the source, for live migration.
     type: dict
     required: true
+  preflight:
+    description:
+      - Result of M(kvm_ras.poison_guard.migration_preflight) on the source. A target it did not
+        find usable, and a VM it did not find usable on a target, get no VM there; the plan shows
+        its lines (per target and per VM C(usable), and why not, with the fix).
+      - Left out, no preflight is applied (the playbook always gives it).
+    type: dict
   check_mode:
     description: Say in the plan's title that nothing will change.
     type: bool

@@ -39,11 +39,10 @@ description:
     source libvirt cannot be read.
 author:
   - kvm_ras maintainers (@kvm-ras)
-requirements:
-  - libvirt-python on the source hypervisor (Debian/Ubuntu package C(python3-libvirt)).
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.INFO_MODULE
+  - kvm_ras.poison_guard.libvirt.SOURCE
 options:
   targets:
     description:
@@ -53,11 +52,6 @@ options:
       - A target with no URI (null) is reported as not usable.
     type: raw
     required: true
-  source_uri:
-    description:
-      - libvirt URI of the source hypervisor, as seen from the host the module runs on.
-    type: str
-    default: qemu:///system
   vms:
     description:
       - Names (or UUIDs) of the running VMs to check. Empty means every running VM of the
@@ -252,23 +246,17 @@ summary:
     lines: ["target hv2 (qemu+tls://hv2/system): usable: yes", "VM web01 on hv2: usable: yes"]
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import preflight
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.evacuation import DEFAULT_LIBVIRT_URI
 
-LIBVIRT_IMPORT_ERROR = None
-try:
-    import libvirt
-except ImportError:
-    libvirt = None
-    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+libvirt = libvirt_adapter.binding()  # None without python3-libvirt
+LIBVIRT_IMPORT_ERROR = libvirt_adapter.import_error()
 
 ARGUMENT_SPEC = dict(
     targets=dict(type="raw", required=True),
-    source_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
+    uri=libvirt_adapter.uri_argument("source_uri"),
     vms=dict(type="list", elements="str", default=[]),
     copy_storage=dict(type="str", choices=list(preflight.COPY_STORAGE_MODES), default="none"),
     target_facts=dict(type="raw"),
@@ -293,12 +281,12 @@ def main():
         module.fail_json(msg="target_facts must be the results of host_capacity on the targets (a loop's results "
                              "or a dict target -> result), got %s" % type(target_facts).__name__)
     if libvirt is None:
-        module.fail_json(msg=missing_required_lib("libvirt-python (Debian/Ubuntu: python3-libvirt)"),
+        module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY),
                          exception=LIBVIRT_IMPORT_ERROR)
     # libvirt-python prints every error to stderr by default; the errors are in the result.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
-        result = preflight.run(libvirt, params["source_uri"], params["targets"], vms=params["vms"] or None,
+        result = preflight.run(libvirt, params["uri"], params["targets"], vms=params["vms"] or None,
                                copy_storage=params["copy_storage"], allow_older_qemu=params["allow_older_qemu"],
                                target_paths=preflight.paths_by_target(target_facts), timeout=params["timeout"],
                                planned=params["planned"])

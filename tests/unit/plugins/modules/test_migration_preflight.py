@@ -95,17 +95,17 @@ def test_preflight_against_the_libvirt_test_driver(tmp_path):
     facts = [{"item": "hv2", "paths": {"/guest/elsewhere.img": {"exists": True, "size": 5}}}]
     _run(tmp_path, [
         {"name": "Preflight", "kvm_ras.poison_guard.migration_preflight": {
-            "source_uri": source_uri, "targets": targets}, "register": "plain"},
+            "uri": source_uri, "targets": targets}, "register": "plain"},
         _keep("plain", tmp_path / "plain.json"),
         {"name": "Preflight with the target's view of the disk paths", "kvm_ras.poison_guard.migration_preflight": {
-            "source_uri": source_uri, "targets": targets, "vms": ["7D3C1A52-52F6-4B40-9C55-0C5A4C1E0F11"],
+            "uri": source_uri, "targets": targets, "vms": ["7D3C1A52-52F6-4B40-9C55-0C5A4C1E0F11"],
             "target_facts": facts, "planned": {"web01": "hv2"}}, "register": "with_facts"},
         _keep("with_facts", tmp_path / "with_facts.json"),
         {"name": "A VM the source does not run", "kvm_ras.poison_guard.migration_preflight": {
-            "source_uri": source_uri, "targets": targets, "vms": ["nope"]},
+            "uri": source_uri, "targets": targets, "vms": ["nope"]},
          "register": "unknown_vm", "ignore_errors": True},
         _keep("unknown_vm", tmp_path / "unknown_vm.json"),
-        {"name": "No targets", "kvm_ras.poison_guard.migration_preflight": {"source_uri": source_uri, "targets": {}},
+        {"name": "No targets", "kvm_ras.poison_guard.migration_preflight": {"uri": source_uri, "targets": {}},
          "register": "no_targets", "ignore_errors": True},
         _keep("no_targets", tmp_path / "no_targets.json"),
     ])

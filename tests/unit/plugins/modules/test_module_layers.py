@@ -44,7 +44,7 @@ def test_a_module_imports_no_controller_code_and_no_libvirt_of_its_own(path):
 def test_every_module_that_connects_to_libvirt_names_its_connection_uri():
     connecting = [p for p in sorted(MODULES.glob("*.py")) if "libvirt_adapter.binding()" in p.read_text(encoding="utf-8")]
     assert {p.stem for p in connecting} == {"host_capacity", "guest_power", "cold_migrate", "live_migrate",
-                                            "evacuation_journal"}
+                                            "evacuation_journal", "migration_preflight"}
     for path in connecting:
         doc = documentation(path)
         fragments = doc["extends_documentation_fragment"]
