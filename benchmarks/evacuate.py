@@ -117,8 +117,8 @@ def sequential_loop(names, bandwidth):
 
 def evacuation(names, max_parallel, bandwidth, report_dir):
     """evacuate_host.yml, hv2 -> hv1, max_parallel at once."""
-    extra = {"evacuate_source": DESTINATION, "evacuate_targets": [SOURCE], "max_parallel": max_parallel,
-             "bandwidth": bandwidth, "cordon": False, "evacuate_report_dir": str(report_dir)}
+    extra = {"evacuate_source": DESTINATION, "evacuate_targets": [SOURCE], "evacuate_max_parallel": max_parallel,
+             "evacuate_bandwidth": bandwidth, "evacuate_cordon": False, "evacuate_report_dir": str(report_dir)}
     extra_file = report_dir / "extra-vars.json"
     extra_file.write_text(json.dumps(extra))
     env = dict(os.environ, ANSIBLE_FORKS=str(max(max_parallel, 5)))

@@ -13,7 +13,9 @@ import time
 
 from ansible import context
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
@@ -21,6 +23,11 @@ from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 HOSTVAR_KEYS = ("kvm_ras_migration_uri", "kvm_ras_migration_address", "ansible_host")
+# The task takes every documented option as given; typed_inputs types them, so that a value of
+# the wrong type is reported with every other problem of the request.
+TASK_SPEC = {name: (spec if name == "extra_var_names" else {"type": "raw"}) for name, spec in ARGUMENT_SPEC.items()}
+COLLECTION = "kvm_ras.poison_guard"
+display = Display()
 
 
 def extra_var_names():
@@ -32,6 +39,23 @@ def extra_var_names():
         return sorted(load_extra_vars(DataLoader()).keys())
     except Exception:  # pylint: disable=broad-except
         return []
+
+
+def typed_inputs(values):
+    """The inputs typed by their documented option (ArgumentSpecValidator, one option at a time).
+
+    ``values``: input name -> value as given (strings from ``-e name=value`` included). A value
+    that does not convert is kept as given: the request's rules then refuse it with its bounds,
+    choices and fix, together with every other problem.
+    """
+    typed = {}
+    for name, value in values.items():
+        spec = dict(ARGUMENT_SPEC.get(name) or {"type": "raw"})
+        spec.pop("default", None)
+        spec.pop("choices", None)
+        result = ArgumentSpecValidator({name: spec}).validate({name: value})
+        typed[name] = value if result.error_messages else result.validated_parameters[name]
+    return typed
 
 
 class ActionModule(ActionBase):
@@ -46,9 +70,24 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         task_vars = task_vars or {}
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        # Options absent from the task are the inputs not given: the documented defaults are
+        # filled in by the request's rules, which also need to know what was given.
+        _validation, args = self.validate_argument_spec(argument_spec=TASK_SPEC)
         names = args.pop("extra_var_names")
-        raw = {name: value for name, value in args.items() if value is not None}
+        names = extra_var_names() if names is None else names
+        given = {name: value for name, value in self._task.args.items()
+                 if name in ARGUMENT_SPEC and name != "extra_var_names" and value is not None}
+        # Inputs under their old unprefixed names count only as extra vars (never group_vars).
+        old = {name: self._templar.template(task_vars[name]) for name in evacuation.DEPRECATED_INPUTS
+               if name in names and name in task_vars}
+        old_typed = {}
+        for name, value in old.items():
+            new = evacuation.DEPRECATED_INPUTS[name]
+            old_typed[name] = typed_inputs({new: value})[new]
+        raw, deprecated, problems = evacuation.deprecated_inputs(typed_inputs(given), old_typed)
+        for name in deprecated:
+            display.deprecated(evacuation.deprecation_message(name), version=evacuation.DEPRECATED_INPUTS_REMOVED_IN,
+                               collection_name=COLLECTION)
 
         groups = {name: list(hosts) for name, hosts in (task_vars.get("groups") or {}).items()}
         inventory = sorted(set(groups.get("all") or []) | set(groups.get("ungrouped") or []))
@@ -67,7 +106,7 @@ class ActionModule(ActionBase):
                 hostvars[host] = {key: self._templar.template(hvars[key]) for key in HOSTVAR_KEYS if key in hvars}
 
         forks = context.CLIARGS.get("forks")
-        problems = evacuation.misspelt_inputs(extra_var_names() if names is None else names)
+        problems = evacuation.misspelt_inputs(names) + problems
         try:
             request = evacuation.validate_request(raw, inventory, groups, hostvars, forks=forks)
         except evacuation.EvacuationInputError as exc:

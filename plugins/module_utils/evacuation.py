@@ -28,6 +28,7 @@ import difflib
 import math
 import os
 import re
+import shlex
 import urllib.parse
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.libvirt import ACTIVE_STATE_WORDS
@@ -63,45 +64,52 @@ FAILING_STATUSES = (ST_STAYED, ST_DOWN, ST_DUPLICATE, ST_UNVERIFIED)
 
 DEFAULTS = {
     "evacuate_group": "hypervisors",
-    "max_parallel": 2,
-    "migration_timeout": 300,
-    "migration_timeout_per_gib": 60,
-    "bandwidth": 0,
-    "poisoned_vm_policy": "leave",
-    "unknown_vm_policy": "leave",
-    "reboot_mode": "restart",
-    "cordon": True,
+    "evacuate_max_parallel": 2,
+    "evacuate_migration_timeout": 300,
+    "evacuate_migration_timeout_per_gib": 60,
+    "evacuate_bandwidth": 0,
+    "evacuate_poisoned_vm_policy": "leave",
+    "evacuate_unknown_vm_policy": "leave",
+    "evacuate_reboot_mode": "restart",
+    "evacuate_cordon": True,
     "evacuate_leave_vms": [],
     "evacuate_report_dir": "evacuation-reports",
-    "cpu_allocation_ratio": 4.0,
-    "memory_reserve_mib": 512,
-    "migration_copy_storage": "none",
-    "migration_uri_template": "qemu+tcp://{address}/system",
-    "cold_migrate_shutdown_timeout": 120,
-    "cold_migrate_force_off": False,
+    "evacuate_cpu_allocation_ratio": 4.0,
+    "evacuate_memory_reserve_mib": 512,
+    "evacuate_migration_copy_storage": "none",
+    "evacuate_migration_uri_template": "qemu+tcp://{address}/system",
+    "evacuate_cold_migrate_shutdown_timeout": 120,
+    "evacuate_cold_migrate_force_off": False,
     "evacuate_break_lock": False,
     "evacuate_lock_stale_after": 0,
 }
 
 # Numbers: (minimum, maximum) accepted.
 INT_BOUNDS = {
-    "max_parallel": (1, 64),
-    "migration_timeout": (10, 7 * 24 * 3600),
-    "migration_timeout_per_gib": (0, 24 * 3600),
-    "bandwidth": (0, 1024 * 1024),
-    "memory_reserve_mib": (0, 64 * 1024 * 1024),
-    "cold_migrate_shutdown_timeout": (1, 24 * 3600),
+    "evacuate_max_parallel": (1, 64),
+    "evacuate_migration_timeout": (10, 7 * 24 * 3600),
+    "evacuate_migration_timeout_per_gib": (0, 24 * 3600),
+    "evacuate_bandwidth": (0, 1024 * 1024),
+    "evacuate_memory_reserve_mib": (0, 64 * 1024 * 1024),
+    "evacuate_cold_migrate_shutdown_timeout": (1, 24 * 3600),
     "evacuate_lock_stale_after": (0, 365 * 24 * 3600),
 }
-FLOAT_BOUNDS = {"cpu_allocation_ratio": (0.1, 64.0)}
-BOOL_INPUTS = ("cordon", "cold_migrate_force_off", "evacuate_break_lock")
+FLOAT_BOUNDS = {"evacuate_cpu_allocation_ratio": (0.1, 64.0)}
+BOOL_INPUTS = ("evacuate_cordon", "evacuate_cold_migrate_force_off", "evacuate_break_lock")
 CHOICE_INPUTS = {
-    "poisoned_vm_policy": POISONED_VM_POLICIES,
-    "unknown_vm_policy": UNKNOWN_VM_POLICIES,
-    "reboot_mode": REBOOT_MODES,
-    "migration_copy_storage": COPY_STORAGE_MODES,
+    "evacuate_poisoned_vm_policy": POISONED_VM_POLICIES,
+    "evacuate_unknown_vm_policy": UNKNOWN_VM_POLICIES,
+    "evacuate_reboot_mode": REBOOT_MODES,
+    "evacuate_migration_copy_storage": COPY_STORAGE_MODES,
 }
 INPUT_NAMES = tuple(["evacuate_source", "evacuate_targets"] + sorted(DEFAULTS))
+# Names of inputs before they took the evacuate_ prefix (a bare ``cordon`` or ``max_parallel`` was
+# picked up from any group_vars that used the name). Accepted as extra vars until 1.0.0, with a
+# deprecation warning: old name -> input.
+DEPRECATED_INPUTS = {name[len("evacuate_"):]: name for name in DEFAULTS
+                     if name not in ("evacuate_group", "evacuate_leave_vms", "evacuate_report_dir",
+                                     "evacuate_break_lock", "evacuate_lock_stale_after")}
+DEPRECATED_INPUTS_REMOVED_IN = "1.0.0"
 
 # Inventory host names and addresses the playbook accepts: letters, digits, '.', '-', '_'.
 # They only ever travel as data (argv items, libvirt URIs), but a name with shell
@@ -313,10 +321,11 @@ def validate_request(raw, inventory_hosts, groups, hostvars=None, forks=None):
     ``inventory_hosts``: every inventory host name; ``groups``: group name -> host names;
     ``hostvars``: host name -> its variables (only ``kvm_ras_migration_uri``,
     ``kvm_ras_migration_address`` and ``ansible_host`` are read); ``forks``: Ansible's forks
-    (max_parallel cannot be above it), or None when unknown.
+    (evacuate_max_parallel cannot be above it), or None when unknown.
 
     Returns the normalised request: every input name with a typed value, plus
-    ``migration_uris`` (target -> URI).
+    ``migration_uris`` (target -> URI), ``targets_defaulted`` and ``inputs_given`` (the
+    inputs given rather than defaulted).
     """
     raw = dict(raw or {})
     hostvars = hostvars or {}
@@ -330,6 +339,9 @@ def validate_request(raw, inventory_hosts, groups, hostvars=None, forks=None):
     unknown = sorted(set(raw) - set(INPUT_NAMES))
     if unknown:
         problems.append("unknown input(s) %s: known inputs are %s" % (", ".join(unknown), ", ".join(INPUT_NAMES)))
+    # What the operator spelled out (the exit rule counts a VM left by a ``leave`` policy as
+    # agreed only when that policy was given, not defaulted).
+    request["inputs_given"] = sorted(name for name in raw if name in INPUT_NAMES and given(name) is not None)
 
     for name in INT_BOUNDS:
         value = given(name)
@@ -360,24 +372,25 @@ def validate_request(raw, inventory_hosts, groups, hostvars=None, forks=None):
             problems.append(problem)
     request["evacuate_report_dir"] = report_dir
 
-    template = given("migration_uri_template")
-    template = DEFAULTS["migration_uri_template"] if template is None else template
+    template = given("evacuate_migration_uri_template")
+    template = DEFAULTS["evacuate_migration_uri_template"] if template is None else template
     if not isinstance(template, str) or ("{address}" not in template and "{host}" not in template):
-        problems.append("migration_uri_template must contain {address} or {host}, got %r "
+        problems.append("evacuate_migration_uri_template must contain {address} or {host}, got %r "
                         "(example: qemu+ssh://root@{address}/system)" % (template,))
         template = None
-    request["migration_uri_template"] = template
+    request["evacuate_migration_uri_template"] = template
 
     leave = parse_name_list("evacuate_leave_vms", raw.get("evacuate_leave_vms"), problems)
     if leave:
         leave = [name for name in leave if check_vm_name("evacuate_leave_vms entry", name, problems)]
     request["evacuate_leave_vms"] = leave or []
 
-    if request.get("max_parallel") and forks and request["max_parallel"] > forks:
+    if request.get("evacuate_max_parallel") and forks and request["evacuate_max_parallel"] > forks:
         problems.append(
-            "max_parallel %d is above Ansible's forks (%d), which caps how many migrations can run at "
-            "once: run with --forks %d (or ANSIBLE_FORKS=%d), or lower max_parallel"
-            % (request["max_parallel"], forks, request["max_parallel"], request["max_parallel"]))
+            "evacuate_max_parallel %d is above Ansible's forks (%d), which caps how many migrations can run at "
+            "once: run with --forks %d (or ANSIBLE_FORKS=%d), or lower evacuate_max_parallel"
+            % (request["evacuate_max_parallel"], forks, request["evacuate_max_parallel"],
+               request["evacuate_max_parallel"]))
 
     # --- hosts ---
     inventory = list(inventory_hosts or [])
@@ -468,20 +481,69 @@ def misspelt_inputs(names):
     of the fallback the operator asked for), so it is refused. Returns problems.
     """
     problems = []
-    known = set(INPUT_NAMES)
+    known = set(INPUT_NAMES) | set(DEPRECATED_INPUTS)
+    candidates = list(INPUT_NAMES) + sorted(DEPRECATED_INPUTS)
     for name in sorted(set(names or [])):
         if name in known or not isinstance(name, str):
             continue
-        close = difflib.get_close_matches(name, INPUT_NAMES, n=1, cutoff=0.8)
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8)
         if close:
-            problems.append("extra var %r is not an input of evacuate_host: did you mean %r?" % (name, close[0]))
+            problems.append("extra var %r is not an input of evacuate_host: did you mean %r?"
+                            % (name, DEPRECATED_INPUTS.get(close[0], close[0])))
     return problems
+
+
+def _typed(name, value):
+    """``value`` as input ``name`` reads it (None when it does not parse): to compare two spellings."""
+    scratch = []
+    if name in INT_BOUNDS:
+        return parse_int(name, value, scratch, (-(2 ** 63), 2 ** 63))
+    if name in FLOAT_BOUNDS:
+        return parse_float(name, value, scratch, (float("-inf"), float("inf")))
+    if name in BOOL_INPUTS:
+        return parse_bool(name, value, scratch)
+    return value.strip() if isinstance(value, str) else value
+
+
+def deprecated_inputs(given, old_values):
+    """Take the inputs given under their old, unprefixed names (extra vars only).
+
+    ``given``: input name -> value given under the input's name; ``old_values``: old name ->
+    value of the extra vars that use an old name (see DEPRECATED_INPUTS).
+    Returns (inputs, used, problems): ``given`` completed with the old names' values, the old
+    names used (each deserves a deprecation warning) and the conflicts: an old and a new name
+    with different values, which is refused rather than guessed.
+    """
+    inputs = dict(given or {})
+    used, problems = [], []
+    for old in sorted(old_values or {}):
+        new = DEPRECATED_INPUTS.get(old)
+        if new is None:
+            continue
+        value = old_values[old]
+        used.append(old)
+        if new in inputs and inputs[new] is not None:
+            first, second = _typed(new, inputs[new]), _typed(new, value)
+            if first is None or second is None or first != second:
+                problems.append(
+                    "%s=%r and its deprecated old name %s=%r are both given with different values: "
+                    "drop -e %s and keep -e %s" % (new, inputs[new], old, value, old, new))
+            continue
+        inputs[new] = value
+    return inputs, used, problems
+
+
+def deprecation_message(old):
+    """The deprecation warning of an input given under its old, unprefixed name."""
+    new = DEPRECATED_INPUTS[old]
+    return ("the extra var %s of kvm_ras.poison_guard.evacuate_host is now %s: use -e %s=... (the old name "
+            "is read only as an extra var, and only until %s)" % (old, new, new, DEPRECATED_INPUTS_REMOVED_IN))
 
 
 def vm_timeout(request, memory_mib):
     """Seconds one VM's migration may take: base + per GiB of guest RAM (rounded up)."""
     gib = int(math.ceil(float(memory_mib or 0) / 1024.0))
-    return request["migration_timeout"] + gib * request["migration_timeout_per_gib"]
+    return request["evacuate_migration_timeout"] + gib * request["evacuate_migration_timeout_per_gib"]
 
 
 # --------------------------------------------------------------------------- domains --
@@ -522,8 +584,8 @@ def target_capacity(name, facts, request, preflight=None):
     entry["cordoned"] = bool(cordon.get("cordoned"))
     cpus = int(facts.get("cpus") or 0)
     running_vcpus = int(facts.get("running_vcpus") or 0)
-    free = int(facts.get("memory_free_mib") or 0) - int(request["memory_reserve_mib"])
-    vcpu_capacity = int(math.floor(cpus * float(request["cpu_allocation_ratio"])))
+    free = int(facts.get("memory_free_mib") or 0) - int(request["evacuate_memory_reserve_mib"])
+    vcpu_capacity = int(math.floor(cpus * float(request["evacuate_cpu_allocation_ratio"])))
     entry.update({
         "cpus": cpus,
         "running_vcpus": running_vcpus,
@@ -694,9 +756,9 @@ def decide_action(status, gate_allowed, poisoned_vm_policy, unknown_vm_policy, g
         return ACTION_LEAVE, "the migration gate blocked it: %s" % (gate_reason or "no reason given")
     # unknown (or anything not understood)
     if unknown_vm_policy == "migrate" and gate_allowed:
-        return ACTION_LIVE, ("poison status unknown, migrated because unknown_vm_policy=migrate: %s"
+        return ACTION_LIVE, ("poison status unknown, migrated because evacuate_unknown_vm_policy=migrate: %s"
                              % (gate_reason or "not fully inspected"))
-    return ACTION_LEAVE, "poison status unknown: %s (set unknown_vm_policy=migrate to move it anyway)" % (
+    return ACTION_LEAVE, "poison status unknown: %s (set evacuate_unknown_vm_policy=migrate to move it anyway)" % (
         gate_reason or "its guest memory could not be fully inspected")
 
 
@@ -785,7 +847,8 @@ def build_plan(request, source_facts, targets_facts, poison, gate, preflight=Non
             if status == "unknown" and entry.get("reasons"):
                 gate_reason = "; ".join(str(r) for r in entry["reasons"])
             vm["action"], vm["reason"] = decide_action(
-                status, dom["name"] in allowed, request["poisoned_vm_policy"], request["unknown_vm_policy"],
+                status, dom["name"] in allowed, request["evacuate_poisoned_vm_policy"],
+                request["evacuate_unknown_vm_policy"],
                 gate_reason=gate_reason, leave_requested=dom["name"] in leave)
             if vm["action"] == ACTION_REBOOT and hugetlb_reset_keeps_poison(entry):
                 vm["action"], vm["reason"] = ACTION_LEAVE, (
@@ -868,9 +931,11 @@ def _shown(name):
 def render_plan(plan, request, check_mode=False):
     """The plan as lines of text: one header, the targets, and the VM -> target table."""
     lines = ["Evacuation plan for %s%s" % (plan["source"], " (check mode: nothing will change)" if check_mode else ""),
-             "policies: poisoned_vm_policy=%s, unknown_vm_policy=%s, reboot_mode=%s; max_parallel=%d; cordon=%s"
-             % (request["poisoned_vm_policy"], request["unknown_vm_policy"], request["reboot_mode"],
-                request["max_parallel"], "yes" if request["cordon"] else "no"),
+             "policies: evacuate_poisoned_vm_policy=%s, evacuate_unknown_vm_policy=%s, evacuate_reboot_mode=%s; "
+             "evacuate_max_parallel=%d; evacuate_cordon=%s"
+             % (request["evacuate_poisoned_vm_policy"], request["evacuate_unknown_vm_policy"],
+                request["evacuate_reboot_mode"], request["evacuate_max_parallel"],
+                "yes" if request["evacuate_cordon"] else "no"),
              ""]
     trows = []
     for t in plan["targets"]:
@@ -896,6 +961,13 @@ def render_plan(plan, request, check_mode=False):
     lines.append("")
     summary = ", ".join("%s %d" % (k, v) for k, v in sorted(plan["counts"].items())) or "no VMs"
     lines.append("summary: %s; %d to move" % (summary, plan["moves"]))
+    # What the exit rule will say of the VMs the plan leaves (the run itself decides at its end).
+    staying = [{"name": vm["name"], "uuid": vm.get("uuid"), "poison_status": vm["status"], "reason": vm["reason"],
+                "status": ST_STAYED if vm.get("no_room") else ST_LEFT}
+               for vm in plan["vms"] if vm["action"] == ACTION_LEAVE]
+    for item in left_without_consent(request, staying):
+        lines.append("the run will end failed: %s stays on the source without being asked to (%s): %s"
+                     % (_shown(item["name"]), item["why"], item["fix"]))
     return lines
 
 
@@ -1152,7 +1224,8 @@ def build_report(request, plan, outcomes, records, run, restored=None, resumed=N
     counts = {}
     for item in vms:
         counts[item["status"]] = counts.get(item["status"], 0) + 1
-    decision = exit_decision(vms)
+    unconsented = left_without_consent(request, vms)
+    decision = exit_decision(vms, unconsented, source=plan["source"])
     return {
         "source": plan["source"],
         "targets": [{k: t.get(k) for k in ("name", "usable", "reason", "assigned")} for t in plan["targets"]],
@@ -1163,24 +1236,84 @@ def build_report(request, plan, outcomes, records, run, restored=None, resumed=N
         "restored": list(restored or []),
         "resumed": resumed_items(resumed),
         "left_on_source": [v["name"] for v in vms if v["status"] in (ST_LEFT, ST_STAYED)],
+        "left_without_consent": [item["name"] for item in unconsented],
         "source_empty": not any(plan["source"] in v["running_on"] for v in vms),
         "failed": decision["failed"],
         "msg": decision["msg"],
     }
 
 
-def exit_decision(vms):
-    """The exit-status rule. The run fails when a VM stayed behind that the operator did not
-    ask to leave, runs nowhere or twice, or could not be verified. VMs left by policy or by
-    evacuate_leave_vms, and VMs that were not running, do not fail the run.
+def left_without_consent(request, vms):
+    """The VMs this run leaves running on the source although the operator did not spell out
+    that they may stay: the one rule behind the run's exit status.
+
+    ``request``: the checked request (``inputs_given`` says which inputs were given rather than
+    defaulted); ``vms``: the report's VM entries. A VM may stay when it is named (or its UUID
+    is) in ``evacuate_leave_vms``, or when it is poisoned and ``evacuate_poisoned_vm_policy=leave``
+    was given, or its poison status is unknown and ``evacuate_unknown_vm_policy=leave`` was
+    given. A ``leave`` that is only the default is no consent. VMs that were not running are
+    not counted (only their definition stays). Returns [{name, status, why, fix}], in report
+    order; ``fix`` names the input to set for that VM.
     """
+    request = request or {}
+    given = set(request.get("inputs_given") or [])
+    leave = set(request.get("evacuate_leave_vms") or [])
+    found = []
+    for vm in vms or []:
+        if vm.get("status") not in (ST_LEFT, ST_STAYED):
+            continue
+        name = vm.get("name")
+        if name in leave or (vm.get("uuid") and vm["uuid"] in leave):
+            continue
+        poison = vm.get("poison_status")
+        keep = "-e %s" % shlex.quote("evacuate_leave_vms=%s" % name)  # advice to copy, never run here
+        if vm["status"] == ST_STAYED:
+            why = "it should have moved but did not: %s" % (vm.get("reason") or "no reason given")
+            fix = "fix the cause and re-run (the re-run moves what is left), or leave it on purpose with %s" % keep
+        elif poison == "poisoned":
+            if request.get("evacuate_poisoned_vm_policy") == ACTION_LEAVE and "evacuate_poisoned_vm_policy" in given:
+                continue
+            why = "poisoned, left by the default evacuate_poisoned_vm_policy=leave"
+            fix = ("move it with -e evacuate_poisoned_vm_policy=reboot_then_migrate (reboots it) or "
+                   "-e evacuate_poisoned_vm_policy=cold_migrate (shuts it down), or leave it on purpose with "
+                   "-e evacuate_poisoned_vm_policy=leave or %s" % keep)
+        elif poison == "unknown":
+            if request.get("evacuate_unknown_vm_policy") == ACTION_LEAVE and "evacuate_unknown_vm_policy" in given:
+                continue
+            why = "poison status unknown, left by the default evacuate_unknown_vm_policy=leave"
+            fix = ("fix what prevented the check and re-run, or move it anyway with "
+                   "-e evacuate_unknown_vm_policy=migrate (it may hold poisoned pages), or leave it on purpose with "
+                   "-e evacuate_unknown_vm_policy=leave or %s" % keep)
+        else:
+            why = vm.get("reason") or "left on the source"
+            fix = "fix the cause and re-run, or leave it on purpose with %s" % keep
+        found.append({"name": name, "status": vm["status"], "why": why, "fix": fix})
+    return found
+
+
+def exit_decision(vms, unconsented=(), source=None):
+    """The exit-status rule. The run fails when a VM runs nowhere or twice, or could not be
+    verified, or stays on the source without the operator's consent (``unconsented``: what
+    left_without_consent returns). VMs left by a policy the operator gave, or by
+    evacuate_leave_vms, and VMs that were not running, do not fail the run. The message names
+    each VM and the way forward.
+    """
+    unconsented = list(unconsented or [])
+    named = set(item["name"] for item in unconsented)
     failing = [v for v in vms if v["status"] in FAILING_STATUSES or v.get("problems")]
-    left = [v for v in vms if v["status"] == ST_LEFT]
+    failing += [v for v in vms if v["name"] in named and v not in failing]
+    left = [v for v in vms if v["status"] == ST_LEFT and v["name"] not in named]
     moved = [v for v in vms if v["status"] == ST_MIGRATED]
     if failing:
-        return {"failed": True, "msg": "evacuation incomplete: %d VM(s) need attention: %s" % (
+        text = "evacuation incomplete: %d VM(s) need attention: %s" % (
             len(failing), "; ".join("%s %s (%s)" % (_shown(v["name"]), v["status"], v.get("reason") or "no reason")
-                                    for v in failing))}
+                                    for v in failing))
+        if unconsented:
+            text += ". Left on the source without being asked to stay: %s. Then run again: ansible-playbook " \
+                    "kvm_ras.poison_guard.evacuate_host -e evacuate_source=%s plus the input chosen for each VM" % (
+                        "; ".join("%s (%s): %s" % (_shown(item["name"]), item["why"], item["fix"])
+                                  for item in unconsented), source or "<source>")
+        return {"failed": True, "msg": text}
     text = "evacuation done: %d VM(s) moved" % len(moved)
     if left:
         text += ", %d left on the source as asked: %s" % (len(left), ", ".join(_shown(v["name"]) for v in left))

@@ -19,11 +19,11 @@ description:
     (M(kvm_ras.poison_guard.poison_info)), the gate's decision
     (M(kvm_ras.poison_guard.migration_gate)) and every target's capacity.
   - Decides per running VM from its poison status, the gate and the policies. A V(clean) VM the
-    gate allowed is live-migrated. A V(poisoned) VM follows C(poisoned_vm_policy). A V(unknown)
-    VM follows C(unknown_vm_policy). VMs listed in C(evacuate_leave_vms) stay.
+    gate allowed is live-migrated. A V(poisoned) VM follows C(evacuate_poisoned_vm_policy). A V(unknown)
+    VM follows C(evacuate_unknown_vm_policy). VMs listed in C(evacuate_leave_vms) stay.
   - Places each VM that moves on a usable target with room. Cordoned targets, targets being
     evacuated themselves and targets whose libvirt did not answer are not used. Room means free
-    memory (minus C(memory_reserve_mib)) and vCPUs (logical CPUs x C(cpu_allocation_ratio)
+    memory (minus C(evacuate_memory_reserve_mib)) and vCPUs (logical CPUs x C(evacuate_cpu_allocation_ratio)
     minus vCPUs in use). A cold migration also needs the VM's disks on the target. Largest VMs
     are placed first, each on the target that keeps the most headroom on its scarcer resource
     (the smaller of its free shares of memory and of vCPUs after the VM), so the load spreads.

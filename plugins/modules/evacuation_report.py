@@ -30,10 +30,13 @@ description:
     and C(.txt)) to the request's C(evacuate_report_dir) on the controller. The files are
     created new (C(O_EXCL|O_NOFOLLOW)), never written through an existing name or symlink, and
     a directory that climbs with C(..) is refused. Sets
-    RV(evacuation_failed) by the exit rule. The evacuation fails when a VM stayed behind that the
-    operator did not ask to leave, runs nowhere or twice, could not be verified, or has a
-    definition in the wrong place. VMs left on purpose, by policy or by C(evacuate_leave_vms),
-    do not fail it. Neither do VMs that were not running.
+    RV(evacuation_failed) by the exit rule. The evacuation fails when a VM stays on the source
+    without the operator's consent, runs nowhere or twice, could not be verified, or has a
+    definition in the wrong place. A VM may stay when C(evacuate_leave_vms) names it, or when
+    the C(leave) policy that kept it (C(evacuate_poisoned_vm_policy), C(evacuate_unknown_vm_policy))
+    was given explicitly; a C(leave) that is only the default fails the run, and so does a clean
+    VM the gate blocked. VMs that were not running do not fail it. The report lists the VMs left
+    without consent under C(left_without_consent), and the message names each with the way forward.
   - The report files are the run's record, not a change to any managed host, so the task
     reports C(changed=false).
 author:
@@ -121,6 +124,8 @@ report:
       C(duration_s), C(failure_class), C(reason), C(steps), C(problems), C(notes), C(evidence).
     - C(resumed) lists what the run finished first of an interrupted run, one item per journal entry
       with C(name), C(operation), C(run_id), C(target), C(found), C(action), C(ok) and C(message).
+    - C(left_on_source) names the VMs still on the source; C(left_without_consent) those of them the
+      operator did not spell out may stay (each fails the run).
   returned: when O(write=true)
   type: dict
   sample:

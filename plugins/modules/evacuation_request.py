@@ -20,10 +20,13 @@ description:
     once, each with its fix. The source must be an inventory host. Targets default to the other
     hosts of O(evacuate_group); the source cannot be its own target. Policy words, numbers and
     booleans must be valid. Host names with spaces, quotes or shell metacharacters are refused.
-    V(max_parallel) cannot exceed Ansible's forks. Migration URIs must use a network transport
+    O(evacuate_max_parallel) cannot exceed Ansible's forks. Migration URIs must use a network transport
     of libvirt; V(ext) and C(command=) are refused.
-  - Extra vars that look like a misspelt input (for example C(max_paralel)) are refused,
+  - Extra vars that look like a misspelt input (for example C(evacuate_max_paralel)) are refused,
     because the input would silently keep its default.
+  - Inputs given under their old names without the C(evacuate_) prefix (for example C(-e max_parallel=4)) still
+    work as extra vars, with a deprecation warning, until 1.0.0; the old names are not read from inventory
+    variables. An old and a new name given with different values are refused.
   - Values may be given as YAML types or as the strings C(-e name=value) produces.
 author:
   - kvm_ras maintainers (@kvm-ras)
@@ -39,72 +42,133 @@ attributes:
     support: none
 options:
   evacuate_source:
-    description: Inventory name of the hypervisor to empty.
-    type: raw
+    description: Inventory name of the hypervisor to empty. Required in practice (the request names every missing input at once).
+    type: str
   evacuate_targets:
-    description: Inventory names of the hypervisors that may receive VMs (list or comma-separated string). Default is every other host of O(evacuate_group).
+    description:
+      - Inventory names of the hypervisors that may receive VMs, a list or a comma-separated string.
+      - Default is every other host of O(evacuate_group).
     type: raw
   evacuate_group:
-    description: Inventory group of the hypervisors. Default V(hypervisors).
-    type: raw
-  max_parallel:
-    description: At most this many migrations run at once. Default V(2).
-    type: raw
-  migration_timeout:
-    description: Seconds a VM's migration may take, plus O(migration_timeout_per_gib) per GiB of its RAM. Default V(300).
-    type: raw
-  migration_timeout_per_gib:
-    description: Seconds added to O(migration_timeout) per GiB of guest RAM. Default V(60).
-    type: raw
-  bandwidth:
-    description: Bandwidth limit per migration in MiB/s; V(0) means libvirt's default (unlimited). Default V(0).
-    type: raw
-  poisoned_vm_policy:
-    description: V(leave) (default), V(reboot_then_migrate) or V(cold_migrate).
-    type: raw
-  unknown_vm_policy:
-    description: V(leave) (default) or V(migrate).
-    type: raw
-  reboot_mode:
-    description: How V(reboot_then_migrate) reboots a poisoned VM, V(restart) (default, a new QEMU process) or V(reset) (in place).
-    type: raw
-  cordon:
-    description: Cordon the source so nothing new lands on it. Default V(true).
-    type: raw
-  evacuate_leave_vms:
-    description: Names or UUIDs of VMs to leave on the source on purpose.
-    type: raw
-  evacuate_report_dir:
-    description: Directory on the controller for the report files. Default V(evacuation-reports), relative to the current directory.
-    type: raw
-  cpu_allocation_ratio:
-    description: vCPUs a target may run per logical CPU. Default V(4.0).
-    type: raw
-  memory_reserve_mib:
-    description: Memory in MiB each target keeps free for itself. Default V(512).
-    type: raw
-  migration_copy_storage:
-    description: V(none) (default, shared storage), V(all) or V(inc), passed to live migration.
-    type: raw
-  migration_uri_template:
+    description: Inventory group of the hypervisors.
+    type: str
+    default: hypervisors
+  evacuate_max_parallel:
     description:
-      - libvirt URI of a target, with C({address}) and C({host}). Default V(qemu+tcp://{address}/system).
+      - At most this many migrations run at once (1 to 64, and at most Ansible's forks).
+      - Was C(max_parallel) (deprecated name, read as an extra var until 1.0.0, with a deprecation warning).
+    type: int
+    default: 2
+  evacuate_migration_timeout:
+    description:
+      - Seconds a VM's migration may take (10 to 604800), plus O(evacuate_migration_timeout_per_gib) per GiB of its RAM.
+      - Was C(migration_timeout) (deprecated name, read as an extra var until 1.0.0).
+    type: int
+    default: 300
+  evacuate_migration_timeout_per_gib:
+    description:
+      - Seconds added to O(evacuate_migration_timeout) per GiB of guest RAM (0 to 86400).
+      - Was C(migration_timeout_per_gib) (deprecated name, read as an extra var until 1.0.0).
+    type: int
+    default: 60
+  evacuate_bandwidth:
+    description:
+      - Bandwidth limit per migration in MiB/s; V(0) means libvirt's default (unlimited).
+      - Was C(bandwidth) (deprecated name, read as an extra var until 1.0.0).
+    type: int
+    default: 0
+  evacuate_poisoned_vm_policy:
+    description:
+      - What happens to a poisoned VM. V(leave) keeps it on the source; V(reboot_then_migrate) reboots it, checks it
+        again and migrates it only if it is clean; V(cold_migrate) shuts it down and starts it on a target.
+      - A VM left by the default fails the run at its end (after the report); give V(leave) explicitly to leave
+        poisoned VMs on purpose.
+      - Was C(poisoned_vm_policy) (deprecated name, read as an extra var until 1.0.0).
+    type: str
+    choices: [leave, reboot_then_migrate, cold_migrate]
+    default: leave
+  evacuate_unknown_vm_policy:
+    description:
+      - What happens to a VM whose memory could not be fully inspected. V(leave) keeps it on the source; V(migrate)
+        live-migrates it anyway.
+      - A VM left by the default fails the run at its end; give V(leave) explicitly to leave such VMs on purpose.
+      - Was C(unknown_vm_policy) (deprecated name, read as an extra var until 1.0.0).
+    type: str
+    choices: [leave, migrate]
+    default: leave
+  evacuate_reboot_mode:
+    description:
+      - How V(reboot_then_migrate) reboots a poisoned VM, V(restart) (a new QEMU process) or V(reset) (in place).
+      - Was C(reboot_mode) (deprecated name, read as an extra var until 1.0.0).
+    type: str
+    choices: [restart, reset]
+    default: restart
+  evacuate_cordon:
+    description:
+      - Cordon the source so nothing new lands on it.
+      - Was C(cordon) (deprecated name, read as an extra var until 1.0.0).
+    type: bool
+    default: true
+  evacuate_leave_vms:
+    description:
+      - Names or UUIDs of VMs to leave on the source on purpose, a list or a comma-separated string.
+      - VMs named here never fail the run.
+    type: raw
+    default: []
+  evacuate_report_dir:
+    description: Directory on the controller for the report files, relative to the current directory or absolute, without C(..).
+    type: str
+    default: evacuation-reports
+  evacuate_cpu_allocation_ratio:
+    description:
+      - vCPUs a target may run per logical CPU (0.1 to 64.0).
+      - Was C(cpu_allocation_ratio) (deprecated name, read as an extra var until 1.0.0).
+    type: float
+    default: 4.0
+  evacuate_memory_reserve_mib:
+    description:
+      - Memory in MiB each target keeps free for itself.
+      - Was C(memory_reserve_mib) (deprecated name, read as an extra var until 1.0.0).
+    type: int
+    default: 512
+  evacuate_migration_copy_storage:
+    description:
+      - V(none) (shared storage), V(all) or V(inc), passed to live migration.
+      - Was C(migration_copy_storage) (deprecated name, read as an extra var until 1.0.0).
+    type: str
+    choices: [none, all, inc]
+    default: none
+  evacuate_migration_uri_template:
+    description:
+      - libvirt URI of a target, with C({address}) and C({host}).
       - A target's C(kvm_ras_migration_uri) host variable wins.
-    type: raw
-  cold_migrate_shutdown_timeout:
-    description: Seconds a guest gets to shut down for a cold migration. Default V(120).
-    type: raw
-  cold_migrate_force_off:
-    description: Power a guest off when it did not shut down in time for a cold migration. Default V(false).
-    type: raw
+      - Was C(migration_uri_template) (deprecated name, read as an extra var until 1.0.0).
+    type: str
+    default: qemu+tcp://{address}/system
+  evacuate_cold_migrate_shutdown_timeout:
+    description:
+      - Seconds a guest gets to shut down for a cold migration (1 to 86400).
+      - Was C(cold_migrate_shutdown_timeout) (deprecated name, read as an extra var until 1.0.0).
+    type: int
+    default: 120
+  evacuate_cold_migrate_force_off:
+    description:
+      - Power a guest off when it did not shut down in time for a cold migration.
+      - Was C(cold_migrate_force_off) (deprecated name, read as an extra var until 1.0.0).
+    type: bool
+    default: false
   evacuate_break_lock:
-    description: Take the source's evacuation lock even when another run holds it. Default V(false).
-    type: raw
+    description: Take the source's evacuation lock even when another run holds it.
+    type: bool
+    default: false
   evacuate_lock_stale_after:
-    description: Seconds after which another run's lock counts as stale; V(0) (default) never.
-    type: raw
+    description: Seconds after which another run's lock counts as stale; V(0) never.
+    type: int
+    default: 0
   extra_var_names:
-    description: Names of the run's extra vars, checked for misspelt inputs. Default is to read them from the command line.
+    description:
+      - Names of the run's extra vars, checked for misspelt inputs and for inputs given under their deprecated old names.
+      - Default is to read them from the command line.
     type: list
     elements: str
 notes:
@@ -118,20 +182,23 @@ EXAMPLES = r"""
 - name: Check the evacuation request
   kvm_ras.poison_guard.evacuation_request:
     evacuate_source: "{{ evacuate_source | default(omit) }}"
-    max_parallel: "{{ max_parallel | default(omit) }}"
+    evacuate_max_parallel: "{{ evacuate_max_parallel | default(omit) }}"
   register: evacuation
 """
 
 RETURN = r"""
 request:
-  description: The inputs, typed and completed with their defaults, plus C(migration_uris) (target -> libvirt URI).
+  description:
+    - The inputs, typed and completed with their defaults, plus C(migration_uris) (target -> libvirt URI),
+      C(targets_defaulted) and C(inputs_given) (the inputs given rather than defaulted; the exit rule reads it).
   returned: success
   type: dict
   sample:
     evacuate_source: hv1
     evacuate_targets: [hv2, hv3]
-    max_parallel: 2
-    poisoned_vm_policy: leave
+    evacuate_max_parallel: 2
+    evacuate_poisoned_vm_policy: leave
+    inputs_given: [evacuate_source]
     migration_uris: {hv2: "qemu+tcp://hv2/system", hv3: "qemu+tcp://hv3/system"}
 run:
   description: Identity of this evacuation run.

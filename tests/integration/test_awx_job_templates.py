@@ -126,7 +126,7 @@ def _question(template, variable):
 
 # The choices of the questions that get one job each, read from the surveys themselves.
 _CONFIG = AWX.controller_config()
-POLICIES = list(_question(AWX.job_template(_CONFIG, "Evacuate hypervisor"), "poisoned_vm_policy")["choices"])
+POLICIES = list(_question(AWX.job_template(_CONFIG, "Evacuate hypervisor"), "evacuate_poisoned_vm_policy")["choices"])
 DEPLOY_STATES = list(_question(AWX.job_template(_CONFIG, "Deploy patched QEMU"), "patched_qemu_state")["choices"])
 
 
@@ -567,13 +567,14 @@ def other_answers(template, source, lab):
     questions = {q["variable"]: q for q in template["survey_spec"]["spec"]}
     answers = {
         "evacuate_targets": ",".join(h for h in lab.hosts if h != source),
-        "max_parallel": questions["max_parallel"]["max"],
-        "unknown_vm_policy": [c for c in questions["unknown_vm_policy"]["choices"] if c != questions["unknown_vm_policy"]["default"]][0],
-        "migration_timeout": questions["migration_timeout"]["default"] * 2,
+        "evacuate_max_parallel": questions["evacuate_max_parallel"]["max"],
+        "evacuate_unknown_vm_policy": [c for c in questions["evacuate_unknown_vm_policy"]["choices"]
+                                       if c != questions["evacuate_unknown_vm_policy"]["default"]][0],
+        "evacuate_migration_timeout": questions["evacuate_migration_timeout"]["default"] * 2,
     }
     for variable, value in answers.items():
         assert value != questions[variable].get("default") and value != evacuation.DEFAULTS.get(variable, ""), (variable, value)
-    assert set(answers) | {"evacuate_source", "poisoned_vm_policy"} == set(questions), "a question without an answer here"
+    assert set(answers) | {"evacuate_source", "evacuate_poisoned_vm_policy"} == set(questions), "a question without an answer here"
     return answers
 
 
@@ -584,7 +585,7 @@ def test_evacuate_hypervisor(awx, lab, policy):
     for host in sorted(lab.cordoned_by_us):
         uncordon(awx, lab, host)  # the previous source takes VMs again
     guests = lab.create_guests(source, GUESTS_PER_RUN)
-    answers = {"evacuate_source": source, "poisoned_vm_policy": policy}
+    answers = {"evacuate_source": source, "evacuate_poisoned_vm_policy": policy}
     if index == 1:
         # the other runs send the survey defaults; this one answers every question otherwise
         answers.update(other_answers(awx.template("Evacuate hypervisor"), source, lab))

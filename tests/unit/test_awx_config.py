@@ -487,11 +487,11 @@ def test_evacuate_template_is_never_sliced_nor_run_twice(config):
     questions = {q["variable"]: q for q in jt["survey_spec"]["spec"]}
     assert questions["evacuate_source"]["type"] == "text" and questions["evacuate_source"]["required"]
     assert questions["evacuate_targets"]["type"] == "text"
-    assert questions["max_parallel"]["type"] == "integer"
-    assert questions["poisoned_vm_policy"]["type"] == "multiplechoice"
-    assert questions["migration_timeout"]["type"] == "integer"
-    # the playbook refuses max_parallel above the forks: the largest answer must fit
-    assert jt["forks"] >= questions["max_parallel"]["max"]
+    assert questions["evacuate_max_parallel"]["type"] == "integer"
+    assert questions["evacuate_poisoned_vm_policy"]["type"] == "multiplechoice"
+    assert questions["evacuate_migration_timeout"]["type"] == "integer"
+    # the playbook refuses evacuate_max_parallel above the forks: the largest answer must fit
+    assert jt["forks"] >= questions["evacuate_max_parallel"]["max"]
 
 
 def test_fleet_report_template_is_sliceable(config):
@@ -629,10 +629,10 @@ def test_survey_defaults_send_what_awx_sends(config):
     with pytest.raises(AssertionError, match="evacuate_source"):
         survey_extra_vars(jt)
     sent = survey_extra_vars(jt, {"evacuate_source": "hv1"})
-    assert sent == {"evacuate_source": "hv1", "evacuate_targets": "", "max_parallel": 2,
-                    "poisoned_vm_policy": "leave", "unknown_vm_policy": "leave", "migration_timeout": 300}
+    assert sent == {"evacuate_source": "hv1", "evacuate_targets": "", "evacuate_max_parallel": 2,
+                    "evacuate_poisoned_vm_policy": "leave", "evacuate_unknown_vm_policy": "leave", "evacuate_migration_timeout": 300}
     with pytest.raises(AssertionError, match="not a choice"):
-        survey_extra_vars(jt, {"evacuate_source": "hv1", "poisoned_vm_policy": "ignore"})
+        survey_extra_vars(jt, {"evacuate_source": "hv1", "evacuate_poisoned_vm_policy": "ignore"})
     report = job_template(config, "Fleet poison report")
     assert survey_extra_vars(report) == {"poison_report_phase": "scan",
                                          "poison_report_dir": "/var/lib/kvm_ras/reports"}
@@ -713,8 +713,13 @@ def _role_entry_spec(role, entry):
 
 
 def _evacuation_request_validator(mapping):
-    """The rules of kvm_ras.poison_guard.evacuation_request (plugins/module_utils/evacuation.py)."""
+    """The inputs of kvm_ras.poison_guard.evacuation_request: its DOCUMENTATION (types, defaults,
+    choices) and the rules of plugins/module_utils/evacuation.py (bounds, the inventory)."""
     from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+    from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
+    from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
+
+    documented = argument_spec_from_doc(DOCUMENTATION)
 
     inventory = ["hv1", "hv2", "hv3"]
     groups = {"all": inventory, evacuation.DEFAULTS["evacuate_group"]: inventory}
@@ -724,17 +729,17 @@ def _evacuation_request_validator(mapping):
         problems = []
     except evacuation.EvacuationInputError as exc:
         problems = exc.problems
-    required = {to_var[n] for n in evacuation.INPUT_NAMES if n in to_var
+    required = {to_var[n] for n in documented if n in to_var
                 and any(p.startswith(n + " ") for p in problems)}
     specs = {}
-    for option in evacuation.INPUT_NAMES:
+    for option, doc in documented.items():
         if option not in to_var:
             continue
         spec = {}
-        if option in evacuation.DEFAULTS:
-            spec["default"] = evacuation.DEFAULTS[option]
-        if option in evacuation.CHOICE_INPUTS:
-            spec["choices"] = list(evacuation.CHOICE_INPUTS[option])
+        if "default" in doc:
+            spec["default"] = doc["default"]
+        if "choices" in doc:
+            spec["choices"] = list(doc["choices"])
         if option in evacuation.INT_BOUNDS:
             spec["min"], spec["max"] = evacuation.INT_BOUNDS[option]
         specs[to_var[option]] = spec
@@ -907,11 +912,11 @@ def _set_question(name, **changes):
 
 
 @pytest.mark.parametrize("template_name, mutate, expected", [
-    ("Evacuate hypervisor", _set_question("max_parallel", variable="max_paralel"), "never reads"),
+    ("Evacuate hypervisor", _set_question("evacuate_max_parallel", variable="evacuate_max_paralel"), "never reads"),
     ("Evacuate hypervisor", _drop_question("evacuate_source"), "does not send"),
-    ("Evacuate hypervisor", _set_question("poisoned_vm_policy", choices=["leave", "reboot"]), "choices"),
-    ("Evacuate hypervisor", _set_question("migration_timeout", default=600), "default"),
-    ("Evacuate hypervisor", _set_question("max_parallel", max=64), "max_parallel"),
+    ("Evacuate hypervisor", _set_question("evacuate_poisoned_vm_policy", choices=["leave", "reboot"]), "choices"),
+    ("Evacuate hypervisor", _set_question("evacuate_migration_timeout", default=600), "default"),
+    ("Evacuate hypervisor", _set_question("evacuate_max_parallel", max=64), "evacuate_max_parallel"),
     ("Evacuate hypervisor", _set_question("evacuate_source", required=False), "required"),
     ("Deploy patched QEMU", _set_question("patched_qemu_state", choices=["present", "latest"]), "choices"),
     ("Uncordon hypervisor", _drop_question("uncordon_host"), "does not send"),

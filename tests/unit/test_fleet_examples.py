@@ -60,7 +60,7 @@ def test_inventory_parses_with_a_hypervisors_group(inventory):
         hvars = inventory["_meta"]["hostvars"][host]
         assert hvars["ansible_become"] is True, "group_vars/hypervisors.yml: root is needed"
         assert hvars["ansible_python_interpreter"] == "/usr/bin/python3"
-        assert hvars["poisoned_vm_policy"] == "leave", "group_vars/all.yml is read"
+        assert hvars["evacuate_poisoned_vm_policy"] == "leave", "group_vars/all.yml is read"
 
 
 def test_hypervisor_group_vars_hold_no_evacuation_input():
@@ -104,4 +104,4 @@ def test_the_playbook_accepts_the_example(tmp_path):
     assert request["evacuate_targets"] == ["hv02.example.org", "hv03.example.org"]
     assert request["migration_uris"] == {"hv02.example.org": "qemu+tls://198.51.100.12/system",
                                          "hv03.example.org": "qemu+tls://198.51.100.13/system"}
-    assert request["poisoned_vm_policy"] == "leave" and request["max_parallel"] == 2
+    assert request["evacuate_poisoned_vm_policy"] == "leave" and request["evacuate_max_parallel"] == 2

@@ -5,14 +5,15 @@ The tests run in file order and build on each other (Molecule's verify step, aft
 and idempotence):
 
 1. after converge: every guest left the source, runs exactly once and persistently on a
-   target, its counter continued there; at most max_parallel migrations ran at once (from
+   target, its counter continued there; at most evacuate_max_parallel migrations ran at once (from
    libvirt's own domain-log timestamps); the report lists every guest; the source is cordoned;
 2. bad inputs, check mode and a held lock change nothing;
 3. uncordon_host.yml lets the source take VMs again;
 4. a guest with a poisoned page (lab/inject_poison.py: the kernel side simulated with a
    userfaultfd poison marker, QEMU's side through QEMU's own functions, both driven with
-   plain ptrace; the poison lab covers real kernel hwpoison) stays on its host with poisoned_vm_policy=leave and QEMU's
-   refusal as the reason, then moves with reboot_then_migrate;
+   plain ptrace; the poison lab covers real kernel hwpoison) stays on its host with evacuate_poisoned_vm_policy=leave
+   given explicitly and QEMU's refusal as the reason; left by the default policy, it fails the run at its end with a
+   message that names it and the way forward; then it moves with reboot_then_migrate;
 5. a target's libvirtd is stopped in the middle of an evacuation: the run fails and names
    the VMs it could not move or verify, and once libvirtd is back every guest runs exactly once;
 6. the controller's ansible-playbook (its whole process group) is killed with SIGKILL while
@@ -235,7 +236,7 @@ def test_at_most_max_parallel_migrations_ran_at_once():
     for _when, delta in events:
         running += delta
         most = max(most, running)
-    assert 1 <= most <= 2, "%d migrations overlapped with max_parallel 2: %r" % (most, sorted(spans))
+    assert 1 <= most <= 2, "%d migrations overlapped with evacuate_max_parallel 2: %r" % (most, sorted(spans))
 
 
 def test_report_lists_every_guest_as_migrated_and_the_rerun_as_nothing_to_do():
@@ -275,8 +276,8 @@ BAD_INPUTS = [
      "includes the source"),
     ({"evacuate_source": TARGETS[0], "evacuate_group": "no_such_group"},
      "evacuate_targets is not set and the inventory has no group"),
-    ({"evacuate_source": TARGETS[0], "poisoned_vm_policy": "destroy"}, "poisoned_vm_policy"),
-    ({"evacuate_source": TARGETS[0], "max_parallel": 0}, "max_parallel"),
+    ({"evacuate_source": TARGETS[0], "evacuate_poisoned_vm_policy": "destroy"}, "evacuate_poisoned_vm_policy"),
+    ({"evacuate_source": TARGETS[0], "evacuate_max_parallel": 0}, "evacuate_max_parallel"),
     ({"evacuate_source": "%s; touch /tmp/pwned" % TARGETS[0]}, "evacuate_source"),
     ({"evacuate_source": TARGETS[0], "evacuate_targets": ["$(touch /tmp/pwned)"]}, "evacuate_targets"),
 ]
@@ -361,7 +362,8 @@ def fixture_poisoned():
 def test_poisoned_guest_stays_with_leave_and_the_others_move(poisoned):
     host, name = poisoned["host"], poisoned["name"]
     others = sorted(n for n, hosts in placement().items() if hosts == [host] and n != name)
-    proc, report = evacuate(host, max_parallel=4)
+    # the policy given explicitly: the operator agrees that poisoned VMs stay (the default would fail the run)
+    proc, report = evacuate(host, evacuate_max_parallel=4, evacuate_poisoned_vm_policy="leave")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert UPSTREAM_REFUSAL in proc.stdout
     entries = {vm["name"]: vm for vm in report["vms"]}
@@ -383,9 +385,29 @@ def test_poisoned_guest_stays_with_leave_and_the_others_move(poisoned):
     assert ticks(host, name)[-1] > before[-1]
 
 
+def test_poisoned_guest_left_by_the_default_policy_fails_the_run_at_its_end(poisoned):
+    host, name = poisoned["host"], poisoned["name"]
+    before_lock = docker_exec(host, "test", "-e", LOCK_FILE, check=False).returncode
+    proc, report = evacuate(host)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-4000:]
+    # the report is written first, and says why the run failed
+    assert report is not None and report["failed"] is True, output[-4000:]
+    assert report["left_without_consent"] == [name], report
+    assert {vm["name"]: vm["status"] for vm in report["vms"]}[name] == "left"
+    assert name in report["msg"] or repr(name) in report["msg"], report["msg"]
+    for needed in ("evacuate_poisoned_vm_policy=reboot_then_migrate", "evacuate_poisoned_vm_policy=leave",
+                   "ansible-playbook kvm_ras.poison_guard.evacuate_host -e evacuate_source=%s" % host):
+        assert needed in report["msg"] and needed in output, (needed, report["msg"])
+    assert "Fail when a VM stays on the source without consent" in output
+    # nothing else changed: the guest runs where it ran, the lock is released as before
+    assert placement()[name] == [host]
+    assert docker_exec(host, "test", "-e", LOCK_FILE, check=False).returncode == before_lock != 0
+
+
 def test_poisoned_guest_moves_after_a_reboot_with_reboot_then_migrate(poisoned):
     host, name = poisoned["host"], poisoned["name"]
-    proc, report = evacuate(host, poisoned_vm_policy="reboot_then_migrate")
+    proc, report = evacuate(host, evacuate_poisoned_vm_policy="reboot_then_migrate")
     assert proc.returncode == 0, proc.stdout[-4000:]
     entry = {vm["name"]: vm for vm in report["vms"]}[name]
     assert entry["status"] == "migrated", entry
@@ -422,7 +444,7 @@ def test_target_libvirtd_stopped_mid_run_loses_no_vm_and_the_report_names_the_fa
     watcher = threading.Thread(target=stop_libvirtd_after_the_first_arrival, daemon=True)
     watcher.start()
     try:
-        proc, report = evacuate(source, evacuate_targets=[target], max_parallel=1)
+        proc, report = evacuate(source, evacuate_targets=[target], evacuate_max_parallel=1)
     finally:
         watcher.join(timeout=320)
     try:
@@ -496,7 +518,7 @@ def test_killed_controller_leaves_a_journal_and_the_rerun_finishes_every_vm_exac
     source, targets, moving = busiest_source()
     reports_before = set(report_files())
     vars_file = EPHEMERAL / ("extra-vars-%s.json" % uuid.uuid4().hex)
-    vars_file.write_text(json.dumps({"evacuate_source": source, "evacuate_targets": targets, "max_parallel": 2,
+    vars_file.write_text(json.dumps({"evacuate_source": source, "evacuate_targets": targets, "evacuate_max_parallel": 2,
                                      "evacuate_report_dir": str(REPORTS)}))
     # its own process group, so SIGKILL reaches ansible-playbook, its forks and their docker exec
     # clients at once, as when a job runner kills the job
@@ -516,7 +538,7 @@ def test_killed_controller_leaves_a_journal_and_the_rerun_finishes_every_vm_exac
     left = journal_entries(source)
     assert left, "the dead run left no journal entry although %r was migrating to %s" % (arrived, target)
 
-    proc, report = evacuate(source, evacuate_targets=targets, max_parallel=2, evacuate_break_lock=True)
+    proc, report = evacuate(source, evacuate_targets=targets, evacuate_max_parallel=2, evacuate_break_lock=True)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert report is not None and report["failed"] is False, output[-4000:]
@@ -554,7 +576,7 @@ def test_source_unreachable_mid_run_fails_clearly_keeps_lock_and_journal_and_a_r
     watcher = threading.Thread(target=cut_the_source_after_the_first_arrival, daemon=True)
     watcher.start()
     try:
-        proc, report = evacuate(source, evacuate_targets=targets, max_parallel=1)
+        proc, report = evacuate(source, evacuate_targets=targets, evacuate_max_parallel=1)
     finally:
         watcher.join(timeout=320)
         if cut:
@@ -578,7 +600,7 @@ def test_source_unreachable_mid_run_fails_clearly_keeps_lock_and_journal_and_a_r
     processes = qemu_processes()
     assert all(processes.get(name) == 1 for name in GUESTS), processes
 
-    proc, report = evacuate(source, evacuate_targets=targets, max_parallel=2, evacuate_break_lock=True)
+    proc, report = evacuate(source, evacuate_targets=targets, evacuate_max_parallel=2, evacuate_break_lock=True)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert report is not None and report["failed"] is False, output[-4000:]

@@ -35,7 +35,7 @@ def module_of(task):
 
 
 def test_every_move_step_that_reaches_the_source_survives_an_unreachable_source():
-    move = plays()["Move the VMs, at most max_parallel at once"]
+    move = plays()["Move the VMs, at most evacuate_max_parallel at once"]
     delegated = [t for t in move["tasks"] if t.get("delegate_to") == "{{ evacuation_source }}"]
     assert len(delegated) >= 6, [t["name"] for t in delegated]
     for task in delegated:
@@ -44,7 +44,7 @@ def test_every_move_step_that_reaches_the_source_survives_an_unreachable_source(
 
 
 def test_every_operation_is_journaled_before_it_starts_and_only_then_runs():
-    move = plays()["Move the VMs, at most max_parallel at once"]
+    move = plays()["Move the VMs, at most evacuate_max_parallel at once"]
     names = [module_of(t) for t in move["tasks"]]
     begin = names.index("kvm_ras.poison_guard.evacuation_journal")
     for acting in ("kvm_ras.poison_guard.guest_power", "kvm_ras.poison_guard.live_migrate",

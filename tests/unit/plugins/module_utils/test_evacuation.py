@@ -47,20 +47,20 @@ def test_defaults_take_the_other_hypervisors_as_targets():
     assert req["evacuate_source"] == "hv1"
     assert req["evacuate_targets"] == ["hv2", "hv3"]
     assert req["targets_defaulted"] is True
-    assert req["max_parallel"] == 2
-    assert req["poisoned_vm_policy"] == "leave"
-    assert req["unknown_vm_policy"] == "leave"
-    assert req["cordon"] is True
+    assert req["evacuate_max_parallel"] == 2
+    assert req["evacuate_poisoned_vm_policy"] == "leave"
+    assert req["evacuate_unknown_vm_policy"] == "leave"
+    assert req["evacuate_cordon"] is True
     assert req["migration_uris"] == {"hv2": "qemu+tcp://hv2/system", "hv3": "qemu+tcp://hv3/system"}
 
 
 def test_extra_var_strings_are_typed():
-    # -e max_parallel=4 -e cordon=false arrive as strings
-    req = request(max_parallel="4", cordon="false", migration_timeout=" 120 ", bandwidth="100",
-                  cpu_allocation_ratio="2.5", evacuate_targets="hv3, hv2", evacuate_leave_vms="db 1,web")
-    assert req["max_parallel"] == 4 and req["cordon"] is False
-    assert req["migration_timeout"] == 120 and req["bandwidth"] == 100
-    assert req["cpu_allocation_ratio"] == 2.5
+    # -e evacuate_max_parallel=4 -e evacuate_cordon=false arrive as strings
+    req = request(evacuate_max_parallel="4", evacuate_cordon="false", evacuate_migration_timeout=" 120 ", evacuate_bandwidth="100",
+                  evacuate_cpu_allocation_ratio="2.5", evacuate_targets="hv3, hv2", evacuate_leave_vms="db 1,web")
+    assert req["evacuate_max_parallel"] == 4 and req["evacuate_cordon"] is False
+    assert req["evacuate_migration_timeout"] == 120 and req["evacuate_bandwidth"] == 100
+    assert req["evacuate_cpu_allocation_ratio"] == 2.5
     assert req["evacuate_targets"] == ["hv3", "hv2"]
     assert req["evacuate_leave_vms"] == ["db 1", "web"]
 
@@ -98,10 +98,10 @@ def test_only_the_source_as_target_means_no_targets():
 
 
 @pytest.mark.parametrize("name,value,expected", [
-    ("poisoned_vm_policy", "reboot", "poisoned_vm_policy must be one of leave, reboot_then_migrate, cold_migrate, got 'reboot'"),
-    ("unknown_vm_policy", "allow", "unknown_vm_policy must be one of leave, migrate, got 'allow'"),
-    ("reboot_mode", "hard", "reboot_mode must be one of restart, reset, got 'hard'"),
-    ("migration_copy_storage", "full", "migration_copy_storage must be one of none, all, inc, got 'full'"),
+    ("evacuate_poisoned_vm_policy", "reboot", "evacuate_poisoned_vm_policy must be one of leave, reboot_then_migrate, cold_migrate, got 'reboot'"),
+    ("evacuate_unknown_vm_policy", "allow", "evacuate_unknown_vm_policy must be one of leave, migrate, got 'allow'"),
+    ("evacuate_reboot_mode", "hard", "evacuate_reboot_mode must be one of restart, reset, got 'hard'"),
+    ("evacuate_migration_copy_storage", "full", "evacuate_migration_copy_storage must be one of none, all, inc, got 'full'"),
 ])
 def test_bad_policy_words_list_the_allowed_ones(name, value, expected):
     problems, _unused = problems_of({"evacuate_source": "hv1", name: value})
@@ -109,17 +109,17 @@ def test_bad_policy_words_list_the_allowed_ones(name, value, expected):
 
 
 @pytest.mark.parametrize("name,value,fragment", [
-    ("max_parallel", "0", "max_parallel must be between 1 and 64, got 0"),
-    ("max_parallel", "two", "max_parallel must be a whole number between 1 and 64, got 'two'"),
-    ("max_parallel", "2.5", "max_parallel must be a whole number"),
-    ("max_parallel", True, "max_parallel must be a whole number"),
-    ("migration_timeout", -5, "migration_timeout must be between 10 and"),
-    ("migration_timeout", "5", "migration_timeout must be between 10 and"),
-    ("bandwidth", "-1", "bandwidth must be between 0 and"),
-    ("memory_reserve_mib", "lots", "memory_reserve_mib must be a whole number"),
-    ("cpu_allocation_ratio", "nan", "cpu_allocation_ratio must be a number"),
-    ("cpu_allocation_ratio", 0, "cpu_allocation_ratio must be between 0.1 and 64.0"),
-    ("cordon", "maybe", "cordon must be true or false, got 'maybe'"),
+    ("evacuate_max_parallel", "0", "evacuate_max_parallel must be between 1 and 64, got 0"),
+    ("evacuate_max_parallel", "two", "evacuate_max_parallel must be a whole number between 1 and 64, got 'two'"),
+    ("evacuate_max_parallel", "2.5", "evacuate_max_parallel must be a whole number"),
+    ("evacuate_max_parallel", True, "evacuate_max_parallel must be a whole number"),
+    ("evacuate_migration_timeout", -5, "evacuate_migration_timeout must be between 10 and"),
+    ("evacuate_migration_timeout", "5", "evacuate_migration_timeout must be between 10 and"),
+    ("evacuate_bandwidth", "-1", "evacuate_bandwidth must be between 0 and"),
+    ("evacuate_memory_reserve_mib", "lots", "evacuate_memory_reserve_mib must be a whole number"),
+    ("evacuate_cpu_allocation_ratio", "nan", "evacuate_cpu_allocation_ratio must be a number"),
+    ("evacuate_cpu_allocation_ratio", 0, "evacuate_cpu_allocation_ratio must be between 0.1 and 64.0"),
+    ("evacuate_cordon", "maybe", "evacuate_cordon must be true or false, got 'maybe'"),
 ])
 def test_bad_numbers_and_booleans(name, value, fragment):
     problems, _unused = problems_of({"evacuate_source": "hv1", name: value})
@@ -127,9 +127,9 @@ def test_bad_numbers_and_booleans(name, value, fragment):
 
 
 def test_max_parallel_above_forks_names_the_fix():
-    problems, _unused = problems_of({"evacuate_source": "hv1", "max_parallel": 8}, forks=5)
-    assert problems == ["max_parallel 8 is above Ansible's forks (5), which caps how many migrations can run at "
-                        "once: run with --forks 8 (or ANSIBLE_FORKS=8), or lower max_parallel"]
+    problems, _unused = problems_of({"evacuate_source": "hv1", "evacuate_max_parallel": 8}, forks=5)
+    assert problems == ["evacuate_max_parallel 8 is above Ansible's forks (5), which caps how many migrations can run at "
+                        "once: run with --forks 8 (or ANSIBLE_FORKS=8), or lower evacuate_max_parallel"]
 
 
 @pytest.mark.parametrize("bad", ["hv1; rm -rf /", "$(reboot)", "hv1 hv2", "`id`", "hv1|cat", "../hv1", "hv1'"])
@@ -148,8 +148,8 @@ def test_vm_names_are_data_but_must_be_libvirt_names():
 
 
 def test_every_problem_is_reported_at_once():
-    problems, text = problems_of({"evacuate_source": "hv9", "max_parallel": "x", "poisoned_vm_policy": "nuke",
-                                  "cordon": "perhaps"})
+    problems, text = problems_of({"evacuate_source": "hv9", "evacuate_max_parallel": "x", "evacuate_poisoned_vm_policy": "nuke",
+                                  "evacuate_cordon": "perhaps"})
     assert len(problems) == 4
     assert text.startswith("evacuation refused before any change (4 problems):\n- ")
 
@@ -174,13 +174,13 @@ def test_dangerous_or_malformed_migration_uris_are_refused(uri, fragment):
 
 def test_migration_uri_from_inventory_and_template():
     hostvars = {"hv2": {"ansible_host": "10.0.0.2"}, "hv3": {"kvm_ras_migration_uri": "qemu+tls://hv3.example/system"}}
-    req = ev.validate_request({"evacuate_source": "hv1", "migration_uri_template": "qemu+ssh://root@{address}/system"},
+    req = ev.validate_request({"evacuate_source": "hv1", "evacuate_migration_uri_template": "qemu+ssh://root@{address}/system"},
                               HOSTS, GROUPS, hostvars, forks=None)
     assert req["migration_uris"] == {"hv2": "qemu+ssh://root@10.0.0.2/system", "hv3": "qemu+tls://hv3.example/system"}
 
 
 def test_vm_timeout_scales_with_ram():
-    req = request(migration_timeout=100, migration_timeout_per_gib=30)
+    req = request(evacuate_migration_timeout=100, evacuate_migration_timeout_per_gib=30)
     assert ev.vm_timeout(req, 64) == 130
     assert ev.vm_timeout(req, 4096) == 220
     assert ev.vm_timeout(req, 0) == 100
@@ -230,7 +230,7 @@ def plan_for(statuses, req=None, targets=None, extra_domains=(), **raw):
     doms = [domain(n) for n in statuses] + list(extra_domains)
     result = poison(statuses)
     targets = targets if targets is not None else {"hv2": capacity(), "hv3": capacity()}
-    return req, ev.build_plan(req, capacity(doms), targets, result, gate_for(result, req["unknown_vm_policy"]))
+    return req, ev.build_plan(req, capacity(doms), targets, result, gate_for(result, req["evacuate_unknown_vm_policy"]))
 
 
 def by_name(plan):
@@ -337,8 +337,8 @@ def test_plan_poisoned_unknown_and_inactive():
 
 
 def test_plan_reboot_and_unknown_migrate_policies():
-    _unused, plan = plan_for({"bad": "poisoned", "what": "unknown"}, poisoned_vm_policy="reboot_then_migrate",
-                             unknown_vm_policy="migrate")
+    _unused, plan = plan_for({"bad": "poisoned", "what": "unknown"}, evacuate_poisoned_vm_policy="reboot_then_migrate",
+                             evacuate_unknown_vm_policy="migrate")
     vms = by_name(plan)
     assert vms["bad"]["action"] == ev.ACTION_REBOOT and vms["bad"]["target"] in ("hv2", "hv3")
     assert vms["what"]["action"] == ev.ACTION_LIVE
@@ -346,7 +346,7 @@ def test_plan_reboot_and_unknown_migrate_policies():
 
 def test_plan_cold_migrate_refused_without_storage_on_targets():
     targets = {"hv2": capacity(paths={}), "hv3": capacity(paths={})}
-    _unused, plan = plan_for({"bad": "poisoned"}, targets=targets, poisoned_vm_policy="cold_migrate")
+    _unused, plan = plan_for({"bad": "poisoned"}, targets=targets, evacuate_poisoned_vm_policy="cold_migrate")
     vm = by_name(plan)["bad"]
     assert vm["action"] == ev.ACTION_LEAVE and vm["planned_action"] == ev.ACTION_COLD and vm["no_room"]
     assert "cold migration needs shared or copied storage" in vm["reason"]
@@ -507,7 +507,9 @@ def test_report_all_moved_is_ok_and_serialisable():
 
 
 def test_report_poisoned_left_by_policy_is_not_a_failure_but_is_named():
-    report = report_for({"bad": "poisoned"}, states(hv1=[domain("bad")], hv2=[], hv3=[]), [])
+    # the policy given explicitly (-e evacuate_poisoned_vm_policy=leave): the operator agreed
+    report = report_for({"bad": "poisoned"}, states(hv1=[domain("bad")], hv2=[], hv3=[]), [],
+                        evacuate_poisoned_vm_policy="leave")
     assert report["failed"] is False and report["source_empty"] is False
     assert report["left_on_source"] == ["bad"]
     vm = report["vms"][0]
@@ -541,10 +543,10 @@ def test_rerun_on_an_emptied_host_is_a_no_op_plan():
 
 
 def test_misspelt_extra_vars_are_caught_but_unrelated_ones_pass():
-    assert ev.misspelt_inputs(["max_paralel", "poisoned_vm_polcy", "ansible_python_interpreter", "cordon",
+    assert ev.misspelt_inputs(["max_paralel", "poisoned_vm_polcy", "ansible_python_interpreter", "evacuate_cordon",
                                "my_site_var"]) == [
-        "extra var 'max_paralel' is not an input of evacuate_host: did you mean 'max_parallel'?",
-        "extra var 'poisoned_vm_polcy' is not an input of evacuate_host: did you mean 'poisoned_vm_policy'?",
+        "extra var 'max_paralel' is not an input of evacuate_host: did you mean 'evacuate_max_parallel'?",
+        "extra var 'poisoned_vm_polcy' is not an input of evacuate_host: did you mean 'evacuate_poisoned_vm_policy'?",
     ]
 
 
@@ -567,3 +569,123 @@ def test_a_failed_capacity_read_is_not_an_answer_even_when_ignored():
     assert ev.answered(dict(capacity(), libvirt_ok=False)) is False
     assert ev.answered({"failed": True, "msg": "x", "qemu_processes": []}) is False
     assert ev.answered({"changed": False}) is False
+
+
+# ------------------------------------------------------------------------------ old input names --
+
+def test_misspelt_new_names_are_caught_too():
+    assert ev.misspelt_inputs(["evacuate_max_paralel", "max_parallel", "evacuate_cordon"]) == [
+        "extra var 'evacuate_max_paralel' is not an input of evacuate_host: did you mean 'evacuate_max_parallel'?"]
+
+
+def test_every_unprefixed_input_has_a_deprecated_old_name():
+    assert ev.DEPRECATED_INPUTS["max_parallel"] == "evacuate_max_parallel"
+    assert ev.DEPRECATED_INPUTS["cordon"] == "evacuate_cordon"
+    assert set(ev.DEPRECATED_INPUTS.values()) <= set(ev.INPUT_NAMES)
+    assert all(name.startswith("evacuate_") for name in ev.INPUT_NAMES)
+    assert "evacuate_source" not in ev.DEPRECATED_INPUTS.values()
+
+
+def test_an_old_name_fills_its_input_and_is_reported_for_a_warning():
+    inputs, used, problems = ev.deprecated_inputs({"evacuate_source": "hv1"}, {"max_parallel": "3", "cordon": False})
+    assert inputs == {"evacuate_source": "hv1", "evacuate_max_parallel": "3", "evacuate_cordon": False}
+    assert used == ["cordon", "max_parallel"] and problems == []
+    assert ev.validate_request(inputs, HOSTS, GROUPS, {}, forks=5)["evacuate_max_parallel"] == 3
+    text = ev.deprecation_message("max_parallel")
+    assert "max_parallel" in text and "evacuate_max_parallel" in text and "1.0.0" in text
+
+
+def test_old_and_new_name_with_the_same_value_agree():
+    # -e max_parallel=3 (a string) and evacuate_max_parallel: 3 (a number) say the same
+    inputs, used, problems = ev.deprecated_inputs({"evacuate_max_parallel": 3, "evacuate_cordon": "yes"},
+                                                  {"max_parallel": "3", "cordon": True})
+    assert problems == [] and used == ["cordon", "max_parallel"]
+    assert inputs["evacuate_max_parallel"] == 3
+
+
+def test_old_and_new_name_with_different_values_are_refused_naming_both():
+    _inputs, _used, problems = ev.deprecated_inputs({"evacuate_poisoned_vm_policy": "cold_migrate"},
+                                                    {"poisoned_vm_policy": "leave"})
+    assert problems == ["evacuate_poisoned_vm_policy='cold_migrate' and its deprecated old name "
+                        "poisoned_vm_policy='leave' are both given with different values: drop -e "
+                        "poisoned_vm_policy and keep -e evacuate_poisoned_vm_policy"]
+
+
+def test_the_request_records_what_was_given():
+    assert request()["inputs_given"] == ["evacuate_source"]
+    assert request(evacuate_poisoned_vm_policy="leave", evacuate_targets="")["inputs_given"] == [
+        "evacuate_poisoned_vm_policy", "evacuate_source"]
+
+
+# ------------------------------------------------------------------------------ consent --
+
+def test_a_poisoned_vm_left_by_the_default_policy_fails_the_run_and_says_what_to_do():
+    report = report_for({"bad": "poisoned", "ok": "clean"},
+                        states(hv1=[domain("bad")], hv2=[domain("ok")], hv3=[]),
+                        [dict(ev.vm_outcome(plan_vm("ok", ev.ACTION_LIVE), {"migrate": MIGRATED}), name="ok")])
+    assert report["failed"] is True
+    assert report["left_without_consent"] == ["bad"]
+    assert report["vms"][0]["status"] == ev.ST_LEFT  # what happened is unchanged; the exit rule judges it
+    msg = report["msg"]
+    assert msg.startswith("evacuation incomplete: 1 VM(s) need attention: bad left (")
+    assert "bad (poisoned, left by the default evacuate_poisoned_vm_policy=leave)" in msg
+    assert "-e evacuate_poisoned_vm_policy=reboot_then_migrate" in msg and "-e evacuate_leave_vms=bad" in msg
+    assert "ansible-playbook kvm_ras.poison_guard.evacuate_host -e evacuate_source=hv1" in msg
+
+
+@pytest.mark.parametrize("raw", [
+    {"evacuate_poisoned_vm_policy": "leave"},
+    {"evacuate_leave_vms": ["bad"]},
+    {"evacuate_leave_vms": "uuid-bad"},
+])
+def test_a_poisoned_vm_the_operator_let_stay_does_not_fail(raw):
+    report = report_for({"bad": "poisoned"}, states(hv1=[domain("bad")], hv2=[], hv3=[]), [], **raw)
+    assert report["failed"] is False and report["left_without_consent"] == []
+
+
+def test_unknown_vms_need_the_unknown_policy_given():
+    post = states(hv1=[domain("what")], hv2=[], hv3=[])
+    report = report_for({"what": "unknown"}, post, [])
+    assert report["failed"] is True and report["left_without_consent"] == ["what"]
+    assert "-e evacuate_unknown_vm_policy=migrate" in report["msg"]
+    # the poisoned policy says nothing about unknown VMs
+    assert report_for({"what": "unknown"}, post, [], evacuate_poisoned_vm_policy="leave")["failed"] is True
+    assert report_for({"what": "unknown"}, post, [], evacuate_unknown_vm_policy="leave")["failed"] is False
+
+
+def test_left_without_consent_rule():
+    vms = [
+        {"name": "p", "uuid": "u-p", "status": ev.ST_LEFT, "poison_status": "poisoned", "reason": UPSTREAM_REFUSAL},
+        {"name": "u", "uuid": "u-u", "status": ev.ST_LEFT, "poison_status": "unknown", "reason": "no privilege"},
+        {"name": "g", "uuid": "u-g", "status": ev.ST_LEFT, "poison_status": "clean",
+         "reason": "the migration gate blocked it: stale result"},
+        {"name": "s", "uuid": "u-s", "status": ev.ST_STAYED, "poison_status": "clean", "reason": "no room"},
+        {"name": "m", "uuid": "u-m", "status": ev.ST_MIGRATED, "poison_status": "clean", "reason": None},
+        {"name": "off", "uuid": "u-off", "status": ev.ST_NOT_RUNNING, "poison_status": "not running", "reason": None},
+    ]
+    defaulted = {"evacuate_poisoned_vm_policy": "leave", "evacuate_unknown_vm_policy": "leave",
+                 "evacuate_leave_vms": [], "inputs_given": ["evacuate_source"]}
+    assert [i["name"] for i in ev.left_without_consent(defaulted, vms)] == ["p", "u", "g", "s"]
+    given = dict(defaulted, inputs_given=["evacuate_poisoned_vm_policy", "evacuate_unknown_vm_policy"])
+    assert [i["name"] for i in ev.left_without_consent(given, vms)] == ["g", "s"]
+    listed = dict(defaulted, evacuate_leave_vms=["g", "u-p"])
+    assert [i["name"] for i in ev.left_without_consent(listed, vms)] == ["u", "s"]
+    # a request without inputs_given (built elsewhere) gives no consent: fail closed
+    assert [i["name"] for i in ev.left_without_consent({}, vms)] == ["p", "u", "g", "s"]
+    assert all(i["fix"] for i in ev.left_without_consent({}, vms))
+
+
+def test_the_plan_says_which_vms_would_fail_the_run():
+    _unused, plan = plan_for({"web1": "clean", "bad": "poisoned"})
+    text = "\n".join(ev.render_plan(plan, request(), check_mode=True))
+    assert ("the run will end failed: bad stays on the source without being asked to (poisoned, left by the "
+            "default evacuate_poisoned_vm_policy=leave): move it with -e evacuate_poisoned_vm_policy=") in text
+    req = request(evacuate_poisoned_vm_policy="leave")
+    _unused, plan = plan_for({"web1": "clean", "bad": "poisoned"}, req=req)
+    assert "the run will end failed" not in "\n".join(ev.render_plan(plan, req, check_mode=True))
+
+
+def test_the_advice_quotes_a_vm_name_for_the_shell():
+    vms = [{"name": "web 01 $(x)", "uuid": None, "status": ev.ST_LEFT, "poison_status": "poisoned", "reason": "r"}]
+    (item,) = ev.left_without_consent({"inputs_given": []}, vms)
+    assert item["fix"].endswith("-e 'evacuate_leave_vms=web 01 $(x)'")
