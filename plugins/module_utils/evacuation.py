@@ -854,7 +854,7 @@ def build_plan(request, source_facts, targets_facts, poison, gate, preflight=Non
                 vm["action"], vm["reason"] = ACTION_LEAVE, (
                     "poisoned hugetlbfs-backed guest RAM on QEMU %s: a reboot does not repair a poisoned huge "
                     "page before QEMU 10.0, so reboot_then_migrate would leave it poisoned; choose "
-                    "poisoned_vm_policy=cold_migrate (a new QEMU process gets new memory) or restart it by hand"
+                    "evacuate_poisoned_vm_policy=cold_migrate (a new QEMU process gets new memory) or restart it by hand"
                     % entry.get("qemu_version"))
             vm["gate"] = "allowed" if dom["name"] in allowed else "blocked"
         vms.append(vm)

@@ -105,7 +105,7 @@ def test_without_a_preflight_the_plan_is_unchanged():
 
 def test_reboot_does_not_clear_hugetlb_poison_before_qemu_10():
     made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=1, qemu_version="7.2.18"),
-                      poisoned_vm_policy="reboot_then_migrate")
+                      evacuate_poisoned_vm_policy="reboot_then_migrate")
     vm = by_name(made)["p"]
     assert vm["action"] == ev.ACTION_LEAVE
     assert "hugetlbfs" in vm["reason"] and "cold_migrate" in vm["reason"] and "7.2.18" in vm["reason"]
@@ -114,7 +114,7 @@ def test_reboot_does_not_clear_hugetlb_poison_before_qemu_10():
 def test_reboot_then_migrate_stays_for_ordinary_ram_or_qemu_10():
     for hugetlb, version in ((0, "7.2.18"), (1, "10.0.2")):
         made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=hugetlb, qemu_version=version),
-                          poisoned_vm_policy="reboot_then_migrate")
+                          evacuate_poisoned_vm_policy="reboot_then_migrate")
         assert by_name(made)["p"]["action"] == ev.ACTION_REBOOT, (hugetlb, version)
 
 
