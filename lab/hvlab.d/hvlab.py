@@ -57,6 +57,14 @@ LOCK_FILE = STATE_DIR / ".lock"
 RUNTIME_WRAPPER = CONTEXT_DIR / "runc-bounded"  # sh, runs runc_bounded.py
 RUNTIME_WRAPPER_CODE = CONTEXT_DIR / "runc_bounded.py"
 RUNTIME_NAME = "hvlab-runc"
+# Live migration between the lab hosts runs the way production does: over TLS, set up by the
+# collection's own role (playbooks/migration_transport.yml) with a CA kept in the lab's state.
+REPO_DIR = LAB_DIR.parent
+TRANSPORT_PLAYBOOK = REPO_DIR / "playbooks" / "migration_transport.yml"
+TRANSPORT_CA_DIR = STATE_DIR / "migration-ca"
+TRANSPORT_FACT = "/etc/ansible/facts.d/kvm_ras_migration_transport.fact"
+TRANSPORT_URI = "qemu+tls://{host}/system"
+TRANSPORT_TIMEOUT = 900
 
 SUITE = "bookworm"
 BASE_REPOSITORY = "kvm-ras/hvlab-base"
@@ -946,12 +954,52 @@ def render_inventory(hosts, key_path_from_inventory_dir: str) -> str:
         f"        ansible_ssh_private_key_file: \"{{{{ inventory_dir }}}}/{key_path_from_inventory_dir}\"",
         "        ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
         "        ansible_python_interpreter: /usr/bin/python3",
-        "        # libvirt URI of each host as seen from the other lab hosts (live migration target)",
-        "        lab_libvirt_uri: \"qemu+tcp://{{ inventory_hostname }}/system\"",
+        "        # libvirt URI of each host as seen from the other lab hosts (live migration target,",
+        "        # TLS set up by `lab/hvlab up` with the migration_transport role)",
+        "        lab_libvirt_uri: \"qemu+tls://{{ inventory_hostname }}/system\"",
         "        lab_libvirt_ssh_uri: \"qemu+ssh://root@{{ inventory_hostname }}/system\"",
         "",
     ]
     return "\n".join(lines)
+
+
+def transport_configured(hosts) -> bool:
+    """Every host has the TLS transport's local fact, and the lab's CA is still there."""
+    if not (TRANSPORT_CA_DIR / "ca.pem").is_file():
+        return False
+    for name in hosts:
+        fact = docker("exec", name, "cat", TRANSPORT_FACT, check=False)
+        try:
+            if fact.returncode != 0 or json.loads(fact.stdout).get("mode") != "tls":
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def ensure_transport(hosts) -> None:
+    """TLS migration between the lab hosts, from the collection's migration_transport role.
+
+    The TCP listener of the lab image stays on for the lab's own tools (status, the event
+    source's watch from the controller); migrations use qemu+tls:// like production."""
+    if transport_configured(hosts):
+        return
+    venv_playbook = REPO_DIR / ".venv" / "bin" / "ansible-playbook"
+    playbook = str(venv_playbook) if venv_playbook.exists() else which("ansible-playbook")
+    if not playbook:
+        raise LabError("ansible-playbook is missing: the lab sets up TLS migration between its hosts "
+                       "with the collection's migration_transport role",
+                       "run `make venv` in the checkout (or put ansible-core on PATH), then `lab/hvlab up` again")
+    collections = run([REPO_DIR / "tools" / "collection-link"], what="tools/collection-link").stdout.strip()
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": collections, "ANSIBLE_FORCE_COLOR": "0",
+           "ANSIBLE_CONFIG": str(REPO_DIR / "ansible.cfg")}
+    extra = {"migration_transport_mode": "tls", "migration_transport_ca_dir": str(TRANSPORT_CA_DIR),
+             "migration_transport_become": False, "ansible_python_interpreter": "/usr/bin/python3"}
+    log(f"setting up TLS migration between {', '.join(hosts)} (playbooks/migration_transport.yml)")
+    started = time.monotonic()
+    run([playbook, "-i", GENERATED_INVENTORY, TRANSPORT_PLAYBOOK, "-e", json.dumps(extra)],
+        timeout=TRANSPORT_TIMEOUT, env=env, what="the migration_transport role on the lab hosts")
+    log(f"TLS migration set up in {time.monotonic() - started:.1f} s")
 
 
 def write_generated_inventory(hosts) -> None:
@@ -1087,6 +1135,7 @@ def cmd_up(args) -> int:
             wait_libvirtd(hosts)
             ensure_shared_disk(hosts[0])
             write_generated_inventory(hosts)
+            ensure_transport(hosts)
             write_json(LAB_RECORD, {"hosts": hosts, "image": image_ref, "network": NETWORK,
                                     "subnet": str(SUBNET)})
         except BaseException:
@@ -1130,7 +1179,7 @@ def collect_status() -> dict:
             "libvirtd": bool(answer.get("libvirtd")) and "error" not in answer,
             "libvirt_version": answer.get("libvirt_version"),
             "host_uuid": answer.get("host_uuid"),
-            "libvirt_uri": f"qemu+tcp://{name}/system",
+            "libvirt_uri": TRANSPORT_URI.format(host=name),
             "ssh": bool(ip) and tcp_open(ip, 22),
             "libvirt_tcp": bool(ip) and tcp_open(ip, 16509),
             "guests": [dict(g, host=name) for g in answer.get("guests", [])],
@@ -1213,6 +1262,7 @@ def cmd_down(args) -> int:
             notes.append("dockerd was not started by lab/hvlab: left running")
         LAB_RECORD.unlink(missing_ok=True)
         shutil.rmtree(GENERATED_INVENTORY.parent, ignore_errors=True)
+        shutil.rmtree(TRANSPORT_CA_DIR, ignore_errors=True)
         if args.purge:
             for path in (SSH_DIR, SHARED_DIR, BUILD_DIR):
                 shutil.rmtree(path, ignore_errors=True)

@@ -97,7 +97,9 @@ def test_status_lists_hosts_with_answering_libvirtd(lab):
         assert re.match(r"^\d+\.\d+\.\d+$", host["libvirt_version"])
         assert host["ip"] == f"172.30.10.{10 + int(name[2:])}"
         assert host["ssh"] is True and host["libvirt_tcp"] is True
-        assert host["libvirt_uri"] == f"qemu+tcp://{name}/system"
+        assert host["libvirt_uri"] == f"qemu+tls://{name}/system"
+        fact = json.loads(docker("exec", name, "cat", "/etc/ansible/facts.d/kvm_ras_migration_transport.fact"))
+        assert fact["mode"] == "tls" and fact["uri_template"] == "qemu+tls://{address}/system", fact
     uuids = [h["host_uuid"] for h in hosts.values()]
     assert all(uuids) and len(set(uuids)) == len(uuids), f"libvirt host UUIDs not distinct: {uuids}"
 
@@ -162,7 +164,8 @@ def test_guests_create_starts_counting_guests(lab, guest_cleanup):
 
 
 def test_guest_live_migrates_between_lab_hosts(lab, guest_cleanup):
-    """The lab's purpose: hv1 -> hv2 over the inventory's lab_libvirt_uri, RAM carried over."""
+    """The lab's purpose: hv1 -> hv2 over the inventory's lab_libvirt_uri (TLS, set up by the
+    migration_transport role at `up`), RAM carried over."""
     result = hvlab("guests", "create", "--host", "hv1", "--count", "1", "--prefix", "itestmig", "--json")
     assert result.returncode == 0, result.stderr
     name = json.loads(result.stdout)[0]["name"]
@@ -171,7 +174,7 @@ def test_guest_live_migrates_between_lab_hosts(lab, guest_cleanup):
     while time.monotonic() < deadline and not [n for n in serial_counters("hv1", name) if n >= 2]:
         time.sleep(0.5)
     subprocess.run(["docker", "exec", "hv1", "virsh", "-c", "qemu:///system", "migrate", "--live",
-                    "--persistent", "--undefinesource", name, "qemu+tcp://hv2/system"],
+                    "--persistent", "--undefinesource", name, "qemu+tls://hv2/system"],
                    check=True, capture_output=True, text=True, timeout=120)
     listed = {g["name"]: g for g in json.loads(hvlab("guests", "list", "--json").stdout)}
     assert listed[name]["host"] == "hv2" and listed[name]["state"] == "running"

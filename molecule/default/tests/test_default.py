@@ -31,6 +31,7 @@ def _counters(host) -> list[int]:
 def test_libvirtd_runs_and_listens_for_migration(host):
     assert host.process.filter(comm="libvirtd"), "no libvirtd process"
     assert host.socket("tcp://0.0.0.0:16509").is_listening
+    assert host.socket("tcp://0.0.0.0:16514").is_listening, "no TLS listener (migration_transport in prepare)"
 
 
 def test_guest_placement(host):
