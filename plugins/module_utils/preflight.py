@@ -373,6 +373,18 @@ def check_qemu_version(source_version, target_version, tname, allow_older=False)
     return [], []
 
 
+def _look_up(lookup, name, missing_code, what, tname, label, fix, reasons):
+    """``lookup(name)`` on the target; None (and a reason) when it lacks it or cannot tell."""
+    try:
+        return lookup(name)
+    except TargetError as exc:
+        if exc.code == missing_code:
+            reasons.append(_reason("%s has no %s %r (%s)" % (tname, what, name, label), fix))
+        else:
+            reasons.append(_reason("%s did not say whether it has %s %r: %s" % (tname, what, name, exc), fix))
+        return None
+
+
 def check_interfaces(vm, target, tname):
     reasons, notes = [], []
     for iface in vm.get("interfaces") or []:
@@ -381,13 +393,8 @@ def check_interfaces(vm, target, tname):
         if kind == "network":
             net = iface.get("network")
             fix_net = "define and start libvirt network %r on %s (virsh net-define, net-start, net-autostart)" % (net, tname)
-            try:
-                info = target.network(net)
-            except TargetError as exc:
-                if exc.code == ERR_NO_NETWORK:
-                    reasons.append(_reason("%s has no libvirt network %r (%s)" % (tname, net, label), fix_net))
-                else:
-                    reasons.append(_reason("%s did not say whether it has network %r: %s" % (tname, net, exc), fix_net))
+            info = _look_up(target.network, net, ERR_NO_NETWORK, "libvirt network", tname, label, fix_net, reasons)
+            if info is None:
                 continue
             if not info.get("active"):
                 reasons.append(_reason("libvirt network %r on %s is not active" % (net, tname),
@@ -399,14 +406,8 @@ def check_interfaces(vm, target, tname):
             dev = iface.get("bridge") if kind == "bridge" else iface.get("dev")
             fix_dev = "create %s %r on %s with the same name as on the source" % (
                 "bridge" if kind == "bridge" else "host interface", dev, tname)
-            try:
-                info = target.interface(dev)
-            except TargetError as exc:
-                if exc.code == ERR_NO_INTERFACE:
-                    reasons.append(_reason("%s has no host interface %r (%s)" % (tname, dev, label), fix_dev))
-                else:
-                    reasons.append(_reason("%s did not say whether it has host interface %r: %s" % (tname, dev, exc),
-                                           fix_dev))
+            info = _look_up(target.interface, dev, ERR_NO_INTERFACE, "host interface", tname, label, fix_dev, reasons)
+            if info is None:
                 continue
             if (kind == "bridge" and iface.get("virtualport") != "openvswitch" and info.get("type")
                     and info["type"] != "bridge"):
