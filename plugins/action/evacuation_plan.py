@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin of kvm_ras.poison_guard.evacuation_plan (documented in
 plugins/modules/evacuation_plan.py): the plan of an evacuation, made on the controller from
-gathered facts with the rules of plugins/module_utils/evacuation.py."""
+gathered facts with the rules of plugins/plugin_utils/evacuation_plan.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc, by_host
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_plan as rules
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_request import format_problems
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_plan import DOCUMENTATION
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
@@ -39,13 +40,13 @@ class ActionModule(ActionBase):
                 raise AnsibleActionFail("the %s step failed, so the evacuation cannot decide and stops before any "
                                         "change (fail closed): %s" % (name, args[name].get("msg") or "no message"))
         try:
-            plan = evacuation.build_plan(request, source, by_host(args["targets"]), args["poison_info"], args["gate"],
-                                         preflight=args["preflight"])
-        except evacuation.EvacuationInputError as exc:
+            plan = rules.build_plan(request, source, by_host(args["targets"]), args["poison_info"], args["gate"],
+                                    preflight=args["preflight"])
+        except rules.EvacuationInputError as exc:
             raise AnsibleActionFail(str(exc), result={"problems": exc.problems}) from exc
-        lines = evacuation.render_plan(plan, request, check_mode=args["check_mode"])
-        problems = evacuation.plan_problems(plan)
+        lines = rules.render_plan(plan, request, check_mode=args["check_mode"])
+        problems = rules.plan_problems(plan)
         result.update({"changed": False, "plan": plan, "lines": lines})
         if problems:
-            result.update({"failed": True, "problems": problems, "msg": evacuation.format_problems(problems)})
+            result.update({"failed": True, "problems": problems, "msg": format_problems(problems)})
         return result

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin of kvm_ras.poison_guard.evacuation_report (documented in
 plugins/modules/evacuation_report.py): verification, report files and exit rule of an
-evacuation, on the controller, with the rules of plugins/module_utils/evacuation.py."""
+evacuation, on the controller, with the rules of plugins/plugin_utils/evacuation_report.py."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ import time
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc, by_host
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_report as rules
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_plan import MOVING_ACTIONS
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_request import report_dir_problem
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_report import DOCUMENTATION
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
+display = Display()
 
 
 def _create_new(path, text):
@@ -37,7 +41,7 @@ def _create_new(path, text):
 
 def write_files(directory, basename, report, lines):
     """Write <basename>.json and .txt (never overwriting an older report or anything else); return the paths."""
-    problem = evacuation.report_dir_problem(directory)
+    problem = report_dir_problem(directory)
     if problem:
         raise OSError(problem)
     directory = os.path.abspath(os.path.expanduser(directory))
@@ -69,21 +73,33 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
     _supports_async = False
 
-    def _outcomes(self, plan, vm_hosts, task_vars):
+    @staticmethod
+    def _from_hostvars(vm_hosts, task_vars):
+        """The per-VM results as the deprecated option vm_hosts finds them in hostvars."""
+        display.deprecated("the option vm_hosts of kvm_ras.poison_guard.evacuation_report is deprecated: pass "
+                           "the per-VM results with vm_results (see playbooks/evacuate_host.yml)",
+                           version="1.0.0", collection_name="kvm_ras.poison_guard")
         hostvars = task_vars.get("hostvars") or {}
-        results_by_name = {}
+        found = []
         for host in vm_hosts:
             if host not in hostvars:
                 continue
             hvars = hostvars[host]
             entry = hvars.get("evacuation_vm")
-            if not isinstance(entry, dict) or not entry.get("name"):
-                continue
-            results_by_name[entry["name"]] = hvars.get("evacuation_vm_results") or {}
+            if isinstance(entry, dict) and entry.get("name"):
+                found.append(dict(hvars.get("evacuation_vm_results") or {}, name=entry["name"]))
+        return found
+
+    @staticmethod
+    def _outcomes(plan, vm_results):
+        results_by_name = {}
+        for entry in vm_results:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]:
+                results_by_name[entry["name"]] = entry
         outcomes = []
         for vm in plan["vms"]:
-            if vm["action"] in evacuation.MOVING_ACTIONS:
-                outcomes.append(evacuation.vm_outcome(vm, results_by_name.get(vm["name"])))
+            if vm["action"] in MOVING_ACTIONS:
+                outcomes.append(rules.vm_outcome(vm, results_by_name.get(vm["name"])))
         return outcomes
 
     def run(self, tmp=None, task_vars=None):
@@ -94,12 +110,15 @@ class ActionModule(ActionBase):
         request, plan, run = args["request"], args["plan"], dict(args["run"])
         states = by_host(args["states"])
         result["changed"] = False
-        result["restore"] = evacuation.restore_candidates(plan, states)
+        result["restore"] = rules.restore_candidates(plan, states)
         if not args["write"]:
             return result
 
-        outcomes = self._outcomes(plan, args["vm_hosts"], task_vars)
-        records = evacuation.verify(plan, outcomes, states)
+        vm_results = args["vm_results"]
+        if not vm_results and args["vm_hosts"]:
+            vm_results = self._from_hostvars(args["vm_hosts"], task_vars)
+        outcomes = self._outcomes(plan, vm_results)
+        records = rules.verify(plan, outcomes, states)
         restored = []
         for item in args["restored"]:
             target = item.get("item") if isinstance(item.get("item"), dict) else {}
@@ -107,12 +126,12 @@ class ActionModule(ActionBase):
                              "ok": not item.get("failed") and not item.get("unreachable"),
                              "msg": item.get("msg")})
         run["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        report = evacuation.build_report(request, plan, outcomes, records, run, restored=restored,
-                                         resumed=args["resumed"])
-        lines = evacuation.render_report(report)
+        report = rules.build_report(request, plan, outcomes, records, run, restored=restored,
+                                    resumed=args["resumed"])
+        lines = rules.render_report(report)
         try:
             files = write_files(request["evacuate_report_dir"],
-                                evacuation.report_basename(plan["source"], run.get("started_compact") or "run"),
+                                rules.report_basename(plan["source"], run.get("started_compact") or "run"),
                                 report, lines)
         except OSError as exc:
             raise AnsibleActionFail("cannot write the evacuation report to %s on the controller: %s (set "

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin of kvm_ras.poison_guard.evacuation_request (documented in
 plugins/modules/evacuation_request.py): checks an evacuation's inputs against the inventory on
-the controller, with the rules of plugins/module_utils/evacuation.py."""
+the controller, with the rules of plugins/plugin_utils/evacuation_request.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
@@ -78,15 +78,15 @@ class ActionModule(ActionBase):
         given = {name: value for name, value in self._task.args.items()
                  if name in ARGUMENT_SPEC and name != "extra_var_names" and value is not None}
         # Inputs under their old unprefixed names count only as extra vars (never group_vars).
-        old = {name: self._templar.template(task_vars[name]) for name in evacuation.DEPRECATED_INPUTS
+        old = {name: self._templar.template(task_vars[name]) for name in rules.DEPRECATED_INPUTS
                if name in names and name in task_vars}
         old_typed = {}
         for name, value in old.items():
-            new = evacuation.DEPRECATED_INPUTS[name]
+            new = rules.DEPRECATED_INPUTS[name]
             old_typed[name] = typed_inputs({new: value})[new]
-        raw, deprecated, problems = evacuation.deprecated_inputs(typed_inputs(given), old_typed)
+        raw, deprecated, problems = rules.deprecated_inputs(typed_inputs(given), old_typed)
         for name in deprecated:
-            display.deprecated(evacuation.deprecation_message(name), version=evacuation.DEPRECATED_INPUTS_REMOVED_IN,
+            display.deprecated(rules.deprecation_message(name), version=rules.DEPRECATED_INPUTS_REMOVED_IN,
                                collection_name=COLLECTION)
 
         groups = {name: list(hosts) for name, hosts in (task_vars.get("groups") or {}).items()}
@@ -99,20 +99,20 @@ class ActionModule(ActionBase):
             wanted.update(t.strip() for t in targets.split(","))
         elif isinstance(targets, (list, tuple)):
             wanted.update(t for t in targets if isinstance(t, str))
-        wanted.update(groups.get(raw.get("evacuate_group") or evacuation.DEFAULTS["evacuate_group"]) or [])
+        wanted.update(groups.get(raw.get("evacuate_group") or rules.DEFAULTS["evacuate_group"]) or [])
         for host in wanted:
             if host in inventory:
                 hvars = all_hostvars[host]
                 hostvars[host] = {key: self._templar.template(hvars[key]) for key in HOSTVAR_KEYS if key in hvars}
 
         forks = context.CLIARGS.get("forks")
-        problems = evacuation.misspelt_inputs(names) + problems
+        problems = rules.misspelt_inputs(names) + problems
         try:
-            request = evacuation.validate_request(raw, inventory, groups, hostvars, forks=forks)
-        except evacuation.EvacuationInputError as exc:
+            request = rules.validate_request(raw, inventory, groups, hostvars, forks=forks)
+        except rules.EvacuationInputError as exc:
             problems.extend(exc.problems)
         if problems:
-            raise AnsibleActionFail(evacuation.format_problems(problems), result={"problems": problems})
+            raise AnsibleActionFail(rules.format_problems(problems), result={"problems": problems})
 
         now = time.time()
         compact = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))

@@ -121,7 +121,7 @@ def build_plan(options):
             % (poll, timeout)
         )
     if not opts.get("dest_uri"):
-        raise MigrationInputError("dest_uri is empty: give the destination libvirt URI, e.g. qemu+tcp://hv2/system")
+        raise MigrationInputError("dest_uri is empty: give the destination libvirt URI, e.g. qemu+tls://hv2/system")
     if "name" in opts and not (opts.get("name") or "").strip():
         raise MigrationInputError("name is empty: give the libvirt domain name of the VM to migrate")
     source_uri = opts.get("uri") or opts.get("source_uri") or libvirt_adapter.DEFAULT_URI

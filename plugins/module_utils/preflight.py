@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 
 TRANSPORT_FIX = ("configure the migration transport between the hypervisors with the "
                  "kvm_ras.poison_guard.migration_transport role (docs/migration-transport.md), or give "
-                 "the URI the transport uses (migration_uri_template or the host's kvm_ras_migration_uri)")
+                 "the URI the transport uses (evacuate_migration_uri_template or the host's kvm_ras_migration_uri)")
 
 # Stable values of libvirt's public API (include/libvirt/virterror.h, libvirt-host.h,
 # libvirt-domain.h), used so the rules can be tested without libvirt installed.

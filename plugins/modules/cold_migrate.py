@@ -44,7 +44,7 @@ options:
     required: true
   dest_uri:
     description:
-      - libvirt URI of the destination hypervisor, for example V(qemu+tcp://hv2/system).
+      - libvirt URI of the destination hypervisor, for example V(qemu+tls://hv2/system) (see the role C(kvm_ras.poison_guard.migration_transport)).
     type: str
     required: true
   shutdown_timeout:
@@ -85,7 +85,7 @@ EXAMPLES = r"""
 - name: Move a VM with poisoned memory to hv2 without reading its RAM
   kvm_ras.poison_guard.cold_migrate:
     name: db01
-    dest_uri: qemu+tcp://hv2/system
+    dest_uri: qemu+tls://hv2/system
     shutdown_timeout: 300
 """
 

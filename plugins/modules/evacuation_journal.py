@@ -113,7 +113,7 @@ EXAMPLES = r"""
     operation: live_migrate
     run_id: "{{ run_id }}"
     target: hv2
-    dest_uri: qemu+tcp://hv2/system
+    dest_uri: qemu+tls://hv2/system
     persistent: true
 """
 

@@ -128,7 +128,7 @@ plan:
     moves: 1
     counts: {live_migrate: 1, leave: 1}
     vms:
-      - {name: web01, status: clean, action: live_migrate, target: hv2, dest_uri: "qemu+tcp://hv2/system", timeout: 360}
+      - {name: web01, status: clean, action: live_migrate, target: hv2, dest_uri: "qemu+tls://hv2/system", timeout: 360}
       - {name: db01, status: poisoned, action: leave, target: null,
          reason: "Can't migrate this vm with hardware poisoned memory, please reboot the vm and try again"}
 lines:

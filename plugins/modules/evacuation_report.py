@@ -64,10 +64,20 @@ options:
     description: RV(kvm_ras.poison_guard.evacuation_plan#module:plan) of the run.
     type: dict
     required: true
+  vm_results:
+    description:
+      - What the steps of each VM that moved registered, one dict per VM with C(name) (the VM, as in
+        the plan) and the registered results of its steps under C(journal), C(reboot), C(recheck),
+        C(gate), C(migrate) and C(cold) (a step that did not run is missing or skipped).
+      - A VM of the plan that moves and has no entry here did not start (its outcome says so).
+    type: list
+    elements: dict
+    default: []
   vm_hosts:
     description:
-      - Inventory names of the per-VM hosts of the run. Each has the variables C(evacuation_vm)
-        (its plan entry) and C(evacuation_vm_results) (the results its steps registered).
+      - Deprecated, use O(vm_results); read only when O(vm_results) is empty, until 1.0.0.
+      - Inventory names of the per-VM hosts of the run, whose variables C(evacuation_vm) (the plan entry)
+        and C(evacuation_vm_results) (the results) are read from C(hostvars).
     type: list
     elements: str
     default: []
@@ -104,7 +114,10 @@ EXAMPLES = r"""
     request: "{{ evacuation.request }}"
     run: "{{ evacuation.run }}"
     plan: "{{ plan.plan }}"
-    vm_hosts: "{{ groups['evacuation_vms'] | default([]) }}"
+    vm_results:
+      - name: web01
+        journal: "{{ journal }}"
+        migrate: "{{ migrate }}"
     states: "{{ after.results }}"
   register: report
 """

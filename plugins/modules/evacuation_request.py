@@ -21,7 +21,8 @@ description:
     hosts of O(evacuate_group); the source cannot be its own target. Policy words, numbers and
     booleans must be valid. Host names with spaces, quotes or shell metacharacters are refused.
     O(evacuate_max_parallel) cannot exceed Ansible's forks. Migration URIs must use a network transport
-    of libvirt; V(ext) and C(command=) are refused.
+    of libvirt; V(ext) and C(command=) are refused, and so is C(qemu+tcp) (no authentication, no encryption)
+    unless O(evacuate_allow_plain_tcp=true).
   - Extra vars that look like a misspelt input (for example C(evacuate_max_paralel)) are refused,
     because the input would silently keep its default.
   - Inputs given under their old names without the C(evacuate_) prefix (for example C(-e max_parallel=4)) still
@@ -140,11 +141,26 @@ options:
     default: none
   evacuate_migration_uri_template:
     description:
-      - libvirt URI of a target, with C({address}) and C({host}).
-      - A target's C(kvm_ras_migration_uri) host variable wins.
+      - libvirt URI of a target, with C({address}) (the target's C(kvm_ras_migration_address), else its
+        C(ansible_host), else its inventory name) and C({host}) (its inventory name).
+      - Empty (the default) follows the transport role C(kvm_ras.poison_guard.migration_transport) set up on the
+        source. The plan reads the source's local fact C(kvm_ras_migration_transport) (in the directory
+        C(migration_transport_facts_dir) of the source, default C(/etc/ansible/facts.d)) and uses its C(uri_template),
+        for example C(qemu+tls://{address}/system) (M(kvm_ras.poison_guard.evacuation_transport)). A target with no
+        URI is not usable, with the reason in the plan, and gets no VM.
+      - A target's C(kvm_ras_migration_uri) host variable wins over this template and over the transport.
+      - A C(qemu+tcp) URI is refused unless O(evacuate_allow_plain_tcp=true).
       - Was C(migration_uri_template) (deprecated name, read as an extra var until 1.0.0).
     type: str
-    default: qemu+tcp://{address}/system
+    default: ""
+  evacuate_allow_plain_tcp:
+    description:
+      - Accept C(qemu+tcp) migration URIs (template, C(kvm_ras_migration_uri) or the source's transport fact).
+      - libvirt's TCP transport has no authentication and no encryption on the migration channel. Anyone who
+        reaches libvirtd's TCP port controls libvirt as root. Set up TLS or ssh with the role
+        C(kvm_ras.poison_guard.migration_transport) instead; this switch is for closed test networks only.
+    type: bool
+    default: false
   evacuate_cold_migrate_shutdown_timeout:
     description:
       - Seconds a guest gets to shut down for a cold migration (1 to 86400).
@@ -174,6 +190,7 @@ options:
 notes:
   - The inputs are documented for operators in the collection's C(docs/evacuate_host.md).
 seealso:
+  - module: kvm_ras.poison_guard.evacuation_transport
   - module: kvm_ras.poison_guard.evacuation_plan
   - module: kvm_ras.poison_guard.evacuation_report
 """
@@ -189,8 +206,11 @@ EXAMPLES = r"""
 RETURN = r"""
 request:
   description:
-    - The inputs, typed and completed with their defaults, plus C(migration_uris) (target -> libvirt URI),
-      C(targets_defaulted) and C(inputs_given) (the inputs given rather than defaulted; the exit rule reads it).
+    - The inputs, typed and completed with their defaults, plus C(migration_uris) (target -> libvirt URI; null for a
+      target whose URI comes from the source's transport, which M(kvm_ras.poison_guard.evacuation_transport) fills in),
+      C(migration_uri_origins) (target -> V(kvm_ras_migration_uri), V(evacuate_migration_uri_template) or
+      V(transport)), C(migration_addresses) (target -> its C({address})), C(targets_defaulted) and C(inputs_given)
+      (the inputs given rather than defaulted; the exit rule reads it).
   returned: success
   type: dict
   sample:
@@ -199,7 +219,8 @@ request:
     evacuate_max_parallel: 2
     evacuate_poisoned_vm_policy: leave
     inputs_given: [evacuate_source]
-    migration_uris: {hv2: "qemu+tcp://hv2/system", hv3: "qemu+tcp://hv3/system"}
+    migration_uris: {hv2: null, hv3: "qemu+ssh://root@hv3/system"}
+    migration_uri_origins: {hv2: transport, hv3: kvm_ras_migration_uri}
 run:
   description: Identity of this evacuation run.
   returned: success

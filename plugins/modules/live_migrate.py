@@ -60,7 +60,7 @@ options:
     required: true
   dest_uri:
     description:
-      - libvirt URI of the destination hypervisor, for example V(qemu+tcp://hv2/system) or
+      - libvirt URI of the destination hypervisor, for example V(qemu+tls://hv2/system) or
         V(qemu+ssh://root@hv2/system).
       - With O(peer2peer=true) the source libvirtd opens it; otherwise this module opens it.
         The module opens it in both cases to check where the VM runs.
@@ -212,7 +212,7 @@ EXAMPLES = r"""
     - name: Live-migrate every allowed VM
       kvm_ras.poison_guard.live_migrate:
         name: "{{ item }}"
-        dest_uri: qemu+tcp://hv2/system
+        dest_uri: qemu+tls://hv2/system
         bandwidth: 500
         timeout: 300
       loop: "{{ gate.allowed }}"
@@ -245,7 +245,7 @@ dest_uri:
   description: The destination URI used.
   returned: always
   type: str
-  sample: qemu+tcp://hv2/system
+  sample: qemu+tls://hv2/system
 running_on:
   description:
     - Where the VM runs after the module, as found by asking both hypervisors.

@@ -142,7 +142,7 @@ EXAMPLES = r"""
     - name: Migrate what the gate allowed
       kvm_ras.poison_guard.live_migrate:
         name: "{{ item }}"
-        dest_uri: qemu+tcp://hv2/system
+        dest_uri: qemu+tls://hv2/system
       loop: "{{ gate.allowed }}"
       become: true
 

@@ -178,12 +178,12 @@ targets:
       usable: false
       reasons:
         - >-
-          the source could not open hv3's migration URI qemu+tcp://hv3/system: unable to connect to server at
-          'hv3:16509': Connection refused. Fix: configure the migration transport between the hypervisors
+          the source could not open hv3's migration URI qemu+tls://hv3/system: unable to connect to server at
+          'hv3:16514': Connection refused. Fix: configure the migration transport between the hypervisors
           with the kvm_ras.poison_guard.migration_transport role (docs/migration-transport.md), ...
       fix: configure the migration transport ...
       notes: []
-      uri: qemu+tcp://hv3/system
+      uri: qemu+tls://hv3/system
       hostname: null
       libvirt_version: null
       qemu_version: null

@@ -4,7 +4,7 @@
 """The evacuation report as a self-contained HTML page (controller side only).
 
 Input: the report of kvm_ras.poison_guard.evacuation_report (``build_report`` in
-plugins/module_utils/evacuation.py), as written to ``<source>-<UTC time>.json``. The page has
+plugins/plugin_utils/evacuation_report.py), as written to ``<source>-<UTC time>.json``. The page has
 one row per VM (status, action, target, duration, poison status, evidence) and a timeline of
 the moves as inline SVG. Everything is computed here (rows, chart geometry); the Jinja2
 template (playbooks/templates/evacuation_report.html.j2) only lays it out.
@@ -23,7 +23,7 @@ import os
 
 PAGE_SUFFIX = ".html"
 
-# Final statuses of plugins/module_utils/evacuation.py, in the order the page lists them,
+# Final statuses of plugins/plugin_utils/evacuation_plan.py (ST_*), in the order the page lists them,
 # with the colour and a sentence for people.
 STATUS_INFO = {
     "down": ("#a4161a", "runs nowhere: start it again"),

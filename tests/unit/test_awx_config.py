@@ -14,7 +14,7 @@ the real parts allow:
   when they pass the question's own validation).
 - Every survey variable must be an input of the job template's playbook, every input the
   playbook requires must be asked, and choices, bounds and defaults must match the
-  playbook's input validation (plugins/module_utils/evacuation.py for evacuate_host.yml, the
+  playbook's input validation (plugins/plugin_utils/evacuation_request.py for evacuate_host.yml, the
   role argument specs for the role-based playbooks).
 - awx_configure.yml itself runs (real ansible-playbook) far enough to prove it refuses bad
   settings before any change and never prints a controller secret.
@@ -714,20 +714,20 @@ def _role_entry_spec(role, entry):
 
 def _evacuation_request_validator(mapping):
     """The inputs of kvm_ras.poison_guard.evacuation_request: its DOCUMENTATION (types, defaults,
-    choices) and the rules of plugins/module_utils/evacuation.py (bounds, the inventory)."""
-    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+    choices) and the rules of plugins/plugin_utils/evacuation_request.py (bounds, the inventory)."""
+    from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as evreq
     from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
     from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
 
     documented = argument_spec_from_doc(DOCUMENTATION)
 
     inventory = ["hv1", "hv2", "hv3"]
-    groups = {"all": inventory, evacuation.DEFAULTS["evacuate_group"]: inventory}
+    groups = {"all": inventory, evreq.DEFAULTS["evacuate_group"]: inventory}
     to_var = dict(mapping)  # option -> playbook variable
     try:
-        evacuation.validate_request({}, inventory, groups)
+        evreq.validate_request({}, inventory, groups)
         problems = []
-    except evacuation.EvacuationInputError as exc:
+    except evreq.EvacuationInputError as exc:
         problems = exc.problems
     required = {to_var[n] for n in documented if n in to_var
                 and any(p.startswith(n + " ") for p in problems)}
@@ -740,16 +740,16 @@ def _evacuation_request_validator(mapping):
             spec["default"] = doc["default"]
         if "choices" in doc:
             spec["choices"] = list(doc["choices"])
-        if option in evacuation.INT_BOUNDS:
-            spec["min"], spec["max"] = evacuation.INT_BOUNDS[option]
+        if option in evreq.INT_BOUNDS:
+            spec["min"], spec["max"] = evreq.INT_BOUNDS[option]
         specs[to_var[option]] = spec
     from_var = {v: k for k, v in to_var.items()}
 
     def validate(extra_vars, forks):
         raw = {from_var[k]: v for k, v in extra_vars.items() if k in from_var}
         try:
-            evacuation.validate_request(raw, inventory, groups, forks=forks)
-        except evacuation.EvacuationInputError as exc:
+            evreq.validate_request(raw, inventory, groups, forks=forks)
+        except evreq.EvacuationInputError as exc:
             return exc.problems
         return []
 

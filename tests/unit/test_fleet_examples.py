@@ -30,7 +30,7 @@ import test_awx_config  # noqa: E402  pylint: disable=wrong-import-position
 
 # Host variables evacuate_host.yml reads from a target (plugins/action/evacuation_request.py).
 from ansible_collections.kvm_ras.poison_guard.plugins.action.evacuation_request import HOSTVAR_KEYS  # noqa: E402
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation  # noqa: E402
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as evreq  # noqa: E402
 
 
 def _env(tmp_path):
@@ -65,7 +65,7 @@ def test_inventory_parses_with_a_hypervisors_group(inventory):
 
 def test_hypervisor_group_vars_hold_no_evacuation_input():
     keys = set(_yaml(EXAMPLES / "group_vars" / "hypervisors.yml"))
-    misplaced = keys & set(evacuation.INPUT_NAMES)
+    misplaced = keys & set(evreq.INPUT_NAMES)
     assert not misplaced, "evacuate_host.yml reads these on localhost; move them to group_vars/all.yml: %s" % misplaced
     unknown = {k for k in keys if not k.startswith("ansible_") and k not in HOSTVAR_KEYS}
     assert not unknown, "evacuate_host.yml never reads %s from a hypervisor" % sorted(unknown)
@@ -102,6 +102,10 @@ def test_the_playbook_accepts_the_example(tmp_path):
     line = next(l for l in proc.stdout.splitlines() if "REQUEST=" in l)
     request = json.loads(json.loads("{" + line.strip().rstrip(",") + "}")["msg"].split("=", 1)[1])
     assert request["evacuate_targets"] == ["hv02.example.org", "hv03.example.org"]
-    assert request["migration_uris"] == {"hv02.example.org": "qemu+tls://198.51.100.12/system",
-                                         "hv03.example.org": "qemu+tls://198.51.100.13/system"}
+    # The example sets no URI template: each target follows the transport the migration_transport
+    # role set up on the source (read in the plan); with its TLS fact, the migration addresses.
+    assert request["migration_uris"] == {"hv02.example.org": None, "hv03.example.org": None}
+    final = evreq.follow_transport(request, {"mode": "tls", "uri_template": "qemu+tls://{address}/system"})
+    assert final["migration_uris"] == {"hv02.example.org": "qemu+tls://198.51.100.12/system",
+                                       "hv03.example.org": "qemu+tls://198.51.100.13/system"}
     assert request["evacuate_poisoned_vm_policy"] == "leave" and request["evacuate_max_parallel"] == 2

@@ -3,7 +3,7 @@
 evacuation's inputs, and inputs under their deprecated old names still work as extra vars.
 
 - The DOCUMENTATION is typed (int, bool, float, str with choices and defaults); the request's
-  rules in plugins/module_utils/evacuation.py (DEFAULTS, CHOICE_INPUTS, the bound tables) and
+  rules in plugins/plugin_utils/evacuation_request.py (DEFAULTS, CHOICE_INPUTS, the bound tables) and
   the Inputs table of docs/evacuate_host.md say the same as it.
 - The real first play of playbooks/evacuate_host.yml, run with ansible-playbook on localhost
   (it contacts no host): ``-e max_parallel=3`` still works and prints Ansible's deprecation
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as evreq
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
 
@@ -40,20 +40,20 @@ LIST_OR_STRING = ("evacuate_targets", "evacuate_leave_vms")
 # ------------------------------------------------------------------------ the documentation --
 
 def test_every_input_is_documented_once_with_the_evacuate_prefix():
-    assert set(INPUTS) == set(evacuation.INPUT_NAMES)
+    assert set(INPUTS) == set(evreq.INPUT_NAMES)
     assert all(name.startswith("evacuate_") for name in INPUTS)
-    assert not set(INPUTS) & set(evacuation.DEPRECATED_INPUTS)
+    assert not set(INPUTS) & set(evreq.DEPRECATED_INPUTS)
 
 
 def test_the_documentation_is_typed():
     for name, spec in INPUTS.items():
         if name in LIST_OR_STRING:
             assert spec["type"] == "raw", name
-        elif name in evacuation.INT_BOUNDS:
+        elif name in evreq.INT_BOUNDS:
             assert spec["type"] == "int", name
-        elif name in evacuation.FLOAT_BOUNDS:
+        elif name in evreq.FLOAT_BOUNDS:
             assert spec["type"] == "float", name
-        elif name in evacuation.BOOL_INPUTS:
+        elif name in evreq.BOOL_INPUTS:
             assert spec["type"] == "bool", name
         else:
             assert spec["type"] == "str", name
@@ -61,15 +61,15 @@ def test_the_documentation_is_typed():
 
 def test_the_rules_use_the_documented_defaults_and_choices():
     documented = {name: spec["default"] for name, spec in INPUTS.items() if "default" in spec}
-    assert documented == evacuation.DEFAULTS
+    assert documented == evreq.DEFAULTS
     assert {name: spec["choices"] for name, spec in INPUTS.items() if "choices" in spec} == {
-        name: list(choices) for name, choices in evacuation.CHOICE_INPUTS.items()}
+        name: list(choices) for name, choices in evreq.CHOICE_INPUTS.items()}
     spec = argument_spec_from_doc(DOCUMENTATION)
     assert spec["evacuate_max_parallel"] == {"type": "int", "default": 2}
 
 
 def test_every_old_name_is_named_in_its_input_documentation():
-    for old, new in evacuation.DEPRECATED_INPUTS.items():
+    for old, new in evreq.DEPRECATED_INPUTS.items():
         text = " ".join(OPTIONS[new]["description"]) if isinstance(OPTIONS[new]["description"], list) \
             else OPTIONS[new]["description"]
         assert "Was C(%s)" % old in text, new
@@ -93,7 +93,7 @@ def test_the_docs_table_lists_the_documented_inputs_with_their_defaults_and_choi
         default, accepted = rows[name]
         if "default" in spec and spec["default"] != []:
             shown = spec["default"]
-            shown = str(shown).lower() if isinstance(shown, bool) else str(shown)
+            shown = str(shown).lower() if isinstance(shown, bool) else (str(shown) or '""')
             assert default == "`%s`" % shown, (name, default)
         for choice in spec.get("choices") or []:
             assert "`%s`" % choice in accepted, (name, choice)

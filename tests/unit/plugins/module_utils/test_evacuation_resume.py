@@ -14,7 +14,9 @@ import json
 
 import pytest
 
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation as ev
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as evreq
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_plan as evplan
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_report as evreport
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import journal
 
 HOSTS = ["hv1", "hv2", "hv3", "localhost"]
@@ -22,8 +24,8 @@ GROUPS = {"hypervisors": ["hv1", "hv2", "hv3"], "all": HOSTS}
 
 
 def problems_of(raw, hostvars=None):
-    with pytest.raises(ev.EvacuationInputError) as info:
-        ev.validate_request(raw, HOSTS, GROUPS, hostvars or {}, forks=5)
+    with pytest.raises(evreq.EvacuationInputError) as info:
+        evreq.validate_request(raw, HOSTS, GROUPS, hostvars or {}, forks=5)
     return info.value.problems
 
 
@@ -52,14 +54,14 @@ def test_parameter_names_that_decode_to_odd_characters_are_refused():
 
 
 def test_harmless_parameters_still_pass():
-    req = ev.validate_request({"evacuate_source": "hv1", "evacuate_targets": "hv2"}, HOSTS, GROUPS,
-                              {"hv2": {"kvm_ras_migration_uri": "qemu+ssh://root@hv2/system?no_tty=1&keyfile=/root/.ssh/id"}},
-                              forks=5)
+    req = evreq.validate_request({"evacuate_source": "hv1", "evacuate_targets": "hv2"}, HOSTS, GROUPS,
+                                 {"hv2": {"kvm_ras_migration_uri": "qemu+ssh://root@hv2/system?no_tty=1&keyfile=/root/.ssh/id"}},
+                                 forks=5)
     assert req["migration_uris"]["hv2"].endswith("?no_tty=1&keyfile=/root/.ssh/id")
 
 
 def test_uri_param_names_match_libvirts_parse():
-    assert ev.uri_param_names("a=1&comm%61nd=2;B%5Fc=3&&novalue") == ["a", "command", "B_c", "novalue"]
+    assert evreq.uri_param_names("a=1&comm%61nd=2;B%5Fc=3&&novalue") == ["a", "command", "B_c", "novalue"]
 
 
 # ---------------------------------------------------------------- item 9: report directory --
@@ -72,7 +74,7 @@ def test_report_dir_that_climbs_out_is_refused_before_anything(directory):
 
 @pytest.mark.parametrize("directory", ["evacuation-reports", "reports/hv1", "/var/log/kvm_ras/reports", "~/reports"])
 def test_ordinary_report_dirs_pass(directory):
-    req = ev.validate_request({"evacuate_source": "hv1", "evacuate_report_dir": directory}, HOSTS, GROUPS, {}, forks=5)
+    req = evreq.validate_request({"evacuate_source": "hv1", "evacuate_report_dir": directory}, HOSTS, GROUPS, {}, forks=5)
     assert req["evacuate_report_dir"] == directory
 
 
@@ -133,7 +135,7 @@ def running(name):
             "memory_mib": 64, "vcpus": 1, "disks": []}
 
 
-def plan_vm(name, action=ev.ACTION_LIVE, target="hv2"):
+def plan_vm(name, action=evplan.ACTION_LIVE, target="hv2"):
     return {"name": name, "action": action, "target": target, "persistent": True, "uuid": "uuid-" + name,
             "status": "clean", "reason": None}
 
@@ -146,35 +148,35 @@ EXEC_FAILED = {"failed": True, "msg": "MODULE FAILURE\nSee stdout/stderr for the
 @pytest.mark.parametrize("source_state", [UNREACHABLE, EXEC_FAILED], ids=["unreachable", "exec-failed"])
 def test_a_moved_vm_is_unverified_while_the_source_cannot_be_asked(source_state):
     plan = {"source": "hv1", "targets": [], "vms": [plan_vm("a")]}
-    [record] = ev.verify(plan, [], {"hv1": source_state, "hv2": capacity([running("a")]), "hv3": capacity([])})
-    assert record["status"] == ev.ST_UNVERIFIED and record["running_on"] == ["hv2"]
+    [record] = evreport.verify(plan, [], {"hv1": source_state, "hv2": capacity([running("a")]), "hv3": capacity([])})
+    assert record["status"] == evplan.ST_UNVERIFIED and record["running_on"] == ["hv2"]
     assert "source hv1 could not be asked" in record["problems"][0]
-    decision = ev.exit_decision([{"name": "a", "status": record["status"], "problems": record["problems"],
-                                  "reason": None}])
+    decision = evreport.exit_decision([{"name": "a", "status": record["status"], "problems": record["problems"],
+                                        "reason": None}])
     assert decision["failed"] is True and "need attention" in decision["msg"]
 
 
 def test_a_vm_whose_journal_entry_could_not_be_written_is_not_moved():
-    out = ev.vm_outcome(plan_vm("a"), {"journal": EXEC_FAILED, "migrate": {"skipped": True}})
+    out = evreport.vm_outcome(plan_vm("a"), {"journal": EXEC_FAILED, "migrate": {"skipped": True}})
     assert out["result"] == "not_moved" and out["failure_class"] == "journal"
     assert "journal entry could not be written" in out["message"]
-    out = ev.vm_outcome(plan_vm("a"), {"journal": UNREACHABLE, "migrate": {"skipped": True}})
+    out = evreport.vm_outcome(plan_vm("a"), {"journal": UNREACHABLE, "migrate": {"skipped": True}})
     assert out["failure_class"] == "unreachable"
 
 
 def test_the_report_says_what_was_resumed():
-    req = ev.validate_request({"evacuate_source": "hv1"}, HOSTS, GROUPS, {}, forks=5)
+    req = evreq.validate_request({"evacuate_source": "hv1"}, HOSTS, GROUPS, {}, forks=5)
     plan = {"source": "hv1", "targets": [], "vms": []}
     resumed = [{"name": "tick-1", "uuid": "u1", "operation": "live_migrate", "run_id": "hv1-dead", "target": "hv2",
                 "found": "target", "action": "none", "ok": True, "message": "runs on hv2: the interrupted operation "
                 "had completed", "path": "/var/lib/kvm_ras/journal/u1.json"},
                {"name": "tick-2", "uuid": "u2", "operation": "cold_migrate", "run_id": "hv1-dead", "target": "hv3",
                 "found": "nowhere", "action": "start_on_source", "ok": True, "message": "started again on the source"}]
-    report = ev.build_report(req, plan, [], [], {"run_id": "r"}, resumed=resumed)
+    report = evreport.build_report(req, plan, [], [], {"run_id": "r"}, resumed=resumed)
     assert [r["name"] for r in report["resumed"]] == ["tick-1", "tick-2"]
     assert report["resumed"][1]["action"] == "start_on_source" and "path" not in report["resumed"][0]
     json.dumps(report)
-    text = "\n".join(ev.render_report(report))
+    text = "\n".join(evreport.render_report(report))
     assert "resumed from an interrupted run" in text
     assert "tick-2 (cold_migrate by run hv1-dead, target hv3): found nowhere, start_on_source" in text
 
@@ -183,6 +185,6 @@ def test_a_moved_vm_is_not_verified_off_a_source_whose_libvirt_is_down():
     plan = {"source": "hv1", "targets": [], "vms": [plan_vm("a")]}
     dead_source = {"failed": True, "msg": "Failed to connect socket to '/var/run/libvirt/libvirt-sock'",
                    "qemu_processes": []}
-    [record] = ev.verify(plan, [], {"hv1": dead_source, "hv2": capacity([running("a")]), "hv3": capacity([])})
-    assert record["status"] == ev.ST_MIGRATED
+    [record] = evreport.verify(plan, [], {"hv1": dead_source, "hv2": capacity([running("a")]), "hv3": capacity([])})
+    assert record["status"] == evplan.ST_MIGRATED
     assert any("not verified that the source no longer defines it" in p for p in record["problems"])

@@ -51,3 +51,26 @@ def test_every_module_that_connects_to_libvirt_names_its_connection_uri():
         assert len({"kvm_ras.poison_guard.libvirt", "kvm_ras.poison_guard.libvirt.SOURCE"} & set(fragments)) == 1, path
         assert not {"uri", "libvirt_uri", "source_uri"} & set(doc["options"]), path
         assert "libvirt_adapter.uri_argument(" in path.read_text(encoding="utf-8"), path
+
+
+PLUGINS = MODULES.parent
+
+
+@pytest.mark.parametrize("path", sorted((PLUGINS / "module_utils").rglob("*.py")), ids=lambda p: p.name)
+def test_on_host_code_imports_no_controller_code(path):
+    """module_utils is shipped to the hypervisors: it never reaches into plugin_utils or action."""
+    names = imports(path)
+    assert not [n for n in names if n.startswith("ansible_collections.")
+                and (".plugin_utils" in n or ".plugins.action" in n)], names
+
+
+def test_the_evacuation_rules_live_on_the_controller_only():
+    assert not (PLUGINS / "module_utils" / "evacuation.py").exists()
+    assert {"evacuation_request.py", "evacuation_plan.py", "evacuation_report.py"} <= {
+        p.name for p in (PLUGINS / "plugin_utils").glob("*.py")}
+
+
+@pytest.mark.parametrize("path", sorted((PLUGINS / "action").glob("*.py")), ids=lambda p: p.name)
+def test_an_action_plugin_imports_no_other_action_plugin(path):
+    names = imports(path)
+    assert not [n for n in names if n.startswith("ansible_collections.") and ".plugins.action" in n], names

@@ -9,7 +9,8 @@ guest whose RAM is a hugetlbfs mapping (``-object memory-backend-file,mem-path=/
 
 from __future__ import annotations
 
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation as ev
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as evreq
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_plan as evplan
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import preflight as pf
 
@@ -18,7 +19,9 @@ GROUPS = {"hypervisors": HOSTS, "all": HOSTS}
 
 
 def request(**raw):
-    return ev.validate_request(dict({"evacuate_source": "hv1"}, **raw), HOSTS, GROUPS, {}, forks=5)
+    """A checked request whose targets follow the source's TLS transport (its local fact), as in the plan."""
+    return evreq.follow_transport(evreq.validate_request(dict({"evacuate_source": "hv1"}, **raw), HOSTS, GROUPS, {}, forks=5),
+                                  {"mode": "tls", "uri_template": "qemu+tls://{address}/system"})
 
 
 def domain(name, memory=64):
@@ -53,8 +56,8 @@ def plan(statuses, preflight=None, poison_result=None, **raw):
     req = request(**raw)
     result = poison_result or poison(statuses)
     checked = gate.evaluate(result, operation="live_migration", on_poisoned="skip", on_unknown="skip")
-    return ev.build_plan(req, capacity([domain(n) for n in statuses]), {"hv2": capacity(), "hv3": capacity()},
-                         result, checked, preflight=preflight), req
+    return evplan.build_plan(req, capacity([domain(n) for n in statuses]), {"hv2": capacity(), "hv3": capacity()},
+                             result, checked, preflight=preflight), req
 
 
 def by_name(made):
@@ -69,7 +72,7 @@ def test_a_target_that_fails_the_preflight_gets_no_vm_and_the_plan_says_why():
     assert targets["hv2"]["usable"] is False
     assert targets["hv2"]["reason"].startswith("preflight: the source could not open hv2")
     assert {vm["target"] for vm in made["vms"]} == {"hv3"}
-    lines = ev.render_plan(made, req, check_mode=True)
+    lines = evplan.render_plan(made, req, check_mode=True)
     assert any("preflight from hv1" in line for line in lines)
     assert any("target hv2 (qemu+tls://hv2/system): usable: no, why: the source could not open" in line
                for line in lines)
@@ -81,8 +84,8 @@ def test_a_vm_goes_only_where_the_preflight_says_it_can_run():
                             "b": {"hv2": ["no network 'prod'"], "hv3": ["no network 'prod'"]}})
     made, _req = plan({"a": "clean", "b": "clean"}, preflight=pre)
     vms = by_name(made)
-    assert (vms["a"]["action"], vms["a"]["target"]) == (ev.ACTION_LIVE, "hv3")
-    assert vms["b"]["action"] == ev.ACTION_LEAVE and vms["b"]["target"] is None
+    assert (vms["a"]["action"], vms["a"]["target"]) == (evplan.ACTION_LIVE, "hv3")
+    assert vms["b"]["action"] == evplan.ACTION_LEAVE and vms["b"]["target"] is None
     assert "avx512f" not in vms["b"]["reason"] and "no network 'prod'" in vms["b"]["reason"]
     assert "hv2: preflight:" in vms["b"]["reason"] and "hv3: preflight:" in vms["b"]["reason"]
 
@@ -94,20 +97,20 @@ def test_a_vm_or_target_the_preflight_did_not_check_gets_nothing():
     assert targets["hv3"]["usable"] is False and "not checked by the preflight" in targets["hv3"]["reason"]
     vms = by_name(made)
     assert vms["a"]["target"] == "hv2"
-    assert vms["b"]["action"] == ev.ACTION_LEAVE and "did not check b" in vms["b"]["reason"]
+    assert vms["b"]["action"] == evplan.ACTION_LEAVE and "did not check b" in vms["b"]["reason"]
 
 
 def test_without_a_preflight_the_plan_is_unchanged():
     made, req = plan({"a": "clean"})
-    assert made["preflight"] is None and by_name(made)["a"]["action"] == ev.ACTION_LIVE
-    assert not any("preflight from" in line for line in ev.render_plan(made, req))
+    assert made["preflight"] is None and by_name(made)["a"]["action"] == evplan.ACTION_LIVE
+    assert not any("preflight from" in line for line in evplan.render_plan(made, req))
 
 
 def test_reboot_does_not_clear_hugetlb_poison_before_qemu_10():
     made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=1, qemu_version="7.2.18"),
                       evacuate_poisoned_vm_policy="reboot_then_migrate")
     vm = by_name(made)["p"]
-    assert vm["action"] == ev.ACTION_LEAVE
+    assert vm["action"] == evplan.ACTION_LEAVE
     assert "hugetlbfs" in vm["reason"] and "cold_migrate" in vm["reason"] and "7.2.18" in vm["reason"]
 
 
@@ -115,11 +118,11 @@ def test_reboot_then_migrate_stays_for_ordinary_ram_or_qemu_10():
     for hugetlb, version in ((0, "7.2.18"), (1, "10.0.2")):
         made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=hugetlb, qemu_version=version),
                           evacuate_poisoned_vm_policy="reboot_then_migrate")
-        assert by_name(made)["p"]["action"] == ev.ACTION_REBOOT, (hugetlb, version)
+        assert by_name(made)["p"]["action"] == evplan.ACTION_REBOOT, (hugetlb, version)
 
 
 def test_hugetlb_rule_cannot_tell_without_a_scan_or_version():
-    assert ev.hugetlb_reset_keeps_poison({}) is None
-    assert ev.hugetlb_reset_keeps_poison({"scan": {"hugetlb_mappings": 2}, "qemu_version": None}) is None
-    assert ev.hugetlb_reset_keeps_poison({"scan": {"hugetlb_mappings": 0}, "qemu_version": "7.2.0"}) is False
-    assert ev.hugetlb_reset_keeps_poison({"scan": {"hugetlb_mappings": 2}, "qemu_version": "9.2.1"}) is True
+    assert evplan.hugetlb_reset_keeps_poison({}) is None
+    assert evplan.hugetlb_reset_keeps_poison({"scan": {"hugetlb_mappings": 2}, "qemu_version": None}) is None
+    assert evplan.hugetlb_reset_keeps_poison({"scan": {"hugetlb_mappings": 0}, "qemu_version": "7.2.0"}) is False
+    assert evplan.hugetlb_reset_keeps_poison({"scan": {"hugetlb_mappings": 2}, "qemu_version": "9.2.1"}) is True
