@@ -2,7 +2,7 @@
 """Checks after converge (and the idempotent re-run) of the patched_qemu scenario.
 
 Every test runs on both hypervisor containers. The functional proof is repeated here with the
-role's own probe, independently of the role's verification: the probe calls QEMU's
+collection's modules, independently of the role's verification: qemu_guard_selftest calls QEMU's
 kvm_hwpoison_page_add() in a throw-away guest's process (plain ptrace, general-purpose registers
 only, so it works on CPUs with AMX, where gdb's inferior calls fail), then QMP ``migrate`` must be refused with the
 upstream message by the patched binary and must complete with the stock (diverted) binary.
@@ -15,12 +15,9 @@ import json
 import shlex
 from pathlib import Path
 
-import pytest
-
 testinfra_hosts = ["hypervisors"]
 
 REPO = Path(__file__).resolve().parents[3]
-ROLE_FILES = REPO / "roles" / "patched_qemu" / "files"
 MODULE_UTILS = REPO / "plugins" / "module_utils"
 PACKAGE = "qemu-system-x86-poison-guard"
 BINARY = "/usr/bin/qemu-system-x86_64"
@@ -29,8 +26,8 @@ _spec = importlib.util.spec_from_file_location("pq_messages", MODULE_UTILS / "me
 _messages = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_messages)
 REFUSAL = _messages.UPSTREAM_REFUSAL
-PROBE_DIR = "/root/pq-test-probe"
-MU = "ansible_collections/kvm_ras/poison_guard/plugins/module_utils"
+INFO = "kvm_ras.poison_guard.qemu_guard_info"
+SELFTEST = "kvm_ras.poison_guard.qemu_guard_selftest"
 
 
 def _run(host, *argv):
@@ -43,33 +40,15 @@ def _contains_refusal(host, path) -> bool:
     return result.rc == 0
 
 
-@pytest.fixture(scope="module")
-def probe(host, tmp_path_factory):
-    """The role's probe and the collection's guard detection, copied to the host in one go."""
-    tree = tmp_path_factory.mktemp("probe")
-    files = {
-        ROLE_FILES / "qemu_guard_probe.py": "qemu_guard_probe.py",
-        MODULE_UTILS / "messages.py": f"{MU}/messages.py",
-        MODULE_UTILS / "poison" / "__init__.py": f"{MU}/poison/__init__.py",
-        MODULE_UTILS / "poison" / "guard.py": f"{MU}/poison/guard.py",
-    }
-    for name in ("__init__.py", "elf.py", "tracee.py", "qemu.py"):
-        files[MODULE_UTILS / "procinject" / name] = f"{MU}/procinject/{name}"
-    for src, dest in files.items():
-        (tree / dest).parent.mkdir(parents=True, exist_ok=True)
-        (tree / dest).write_bytes(src.read_bytes())
-    result = host.ansible("copy", json.dumps({"src": f"{tree}/", "dest": f"{PROBE_DIR}/", "mode": "preserve"}),
-                          check=False)
-    assert not result.get("failed"), result
-    yield f"{PROBE_DIR}/qemu_guard_probe.py"
-    host.ansible("file", json.dumps({"path": PROBE_DIR, "state": "absent"}), check=False)
+def _info(host, **args):
+    """kvm_ras.poison_guard.qemu_guard_info on the host (read-only, check mode)."""
+    return host.ansible(INFO, json.dumps(args))
 
 
-def _selftest(host, probe, binary, inject):
-    argv = ["python3", probe, "selftest", "--binary", binary, "--timeout", "120"] + (["--inject"] if inject else [])
-    result = _run(host, *argv)
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
+def _selftest(host, binary, inject):
+    """kvm_ras.poison_guard.qemu_guard_selftest on the host; a self-test that could not run to
+    the end fails the module, and testinfra raises with its result."""
+    return host.ansible(SELFTEST, json.dumps({"binary": binary, "timeout": 120, "inject": inject}), check=False)
 
 
 def test_package_installed_with_diversion(host):
@@ -87,13 +66,11 @@ def test_package_installed_with_diversion(host):
     assert host.file(STOCK).exists
 
 
-def test_feature_parity_with_the_stock_binary(host, probe):
+def test_feature_parity_with_the_stock_binary(host):
     """-device/-machine/-cpu/-accel/-display/-audiodev/-netdev/-object/-chardev/-vga help of the
     patched and the stock binary are identical apart from version strings: the same features,
     and the stock modules (TCG, QXL, USB host/redirection, spice, curses, ...) load in both."""
-    result = _run(host, "python3", probe, "parity", "--patched", BINARY, "--stock", STOCK)
-    assert result.rc == 0, result.stderr
-    parity = json.loads(result.stdout)
+    parity = _info(host, binary=BINARY, host_facts=False, compare_with=STOCK)["parity"]
     assert parity["identical"], {k: v for k, v in parity["queries"].items() if not v["identical"]}
     assert set(parity["queries"]) >= {"device", "machine", "cpu", "accel", "display", "audiodev",
                                       "netdev", "object", "chardev"}
@@ -118,26 +95,24 @@ def test_hypervisors_did_not_build(host):
     assert not host.package("meson").is_installed
 
 
-def test_debug_info_resolves_poison_list(host, probe):
+def test_debug_info_resolves_poison_list(host):
     """The static hwpoison_page_list is found through the package's build-id debug file."""
-    result = _run(host, "python3", probe, "symbols", "--binary", BINARY, "--name", "hwpoison_page_list",
-                  "--name", "kvm_hwpoison_page_add")
-    assert result.rc == 0, result.stderr
-    found = json.loads(result.stdout)
+    found = _info(host, binary=BINARY, host_facts=False,
+                  symbols=["hwpoison_page_list", "kvm_hwpoison_page_add"])["symbols"]
     assert found["debug_file"] and found["debug_file"].startswith("/usr/lib/debug/.build-id/"), found
     assert found["symbols"]["hwpoison_page_list"]["found_in"] == "debuginfo", found
     assert "kvm_hwpoison_page_add" in found["symbols"], found
 
 
-def test_patched_binary_starts_and_migrates_a_guest(host, probe):
-    result = _selftest(host, probe, BINARY, inject=False)
+def test_patched_binary_starts_and_migrates_a_guest(host):
+    result = _selftest(host, BINARY, inject=False)
     assert result["ok"], result
     assert result["status_before"] == "running"
     assert result["migration"] == "completed", result
 
 
-def test_patched_binary_refuses_poisoned_migration(host, probe):
-    result = _selftest(host, probe, BINARY, inject=True)
+def test_patched_binary_refuses_poisoned_migration(host):
+    result = _selftest(host, BINARY, inject=True)
     assert result["ok"], result
     assert result["injection"]["ok"] and result["injection"]["head_found_by"] == "debuginfo", result["injection"]
     assert not {"PTRACE_GETREGSET", "PTRACE_SETREGSET", "PTRACE_GETFPREGS", "PTRACE_SETFPREGS"} & set(
@@ -149,8 +124,8 @@ def test_patched_binary_refuses_poisoned_migration(host, probe):
     assert result["alive_after"] and result["status_after"] == "running", result
 
 
-def test_stock_binary_migrates_despite_the_same_injection(host, probe):
-    result = _selftest(host, probe, STOCK, inject=True)
+def test_stock_binary_migrates_despite_the_same_injection(host):
+    result = _selftest(host, STOCK, inject=True)
     assert result["ok"], result
     assert result["injection"]["ok"], result["injection"]
     assert result["injection"]["head_found_by"] == "decoded-first-instruction"

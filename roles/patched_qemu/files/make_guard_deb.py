@@ -5,7 +5,7 @@
 The package ships the binary at the stock path (/usr/bin/qemu-system-x86_64) and moves the
 stock one aside with dpkg-divert in its maintainer scripts (rendered by the role from
 templates/deb/), so dpkg owns every file and removing the package brings the stock binary
-back. The debug info goes to /usr/lib/debug/.build-id/xx/yyyy.debug so debuggers and the probe can resolve
+back. The debug info goes to /usr/lib/debug/.build-id/xx/yyyy.debug so debuggers and qemu_guard_selftest can resolve
 hwpoison_page_list / kvm_hwpoison_page_add in the stripped binary.
 
 The finished package and its build record are moved into ``--cache-dir/<key>/`` in one

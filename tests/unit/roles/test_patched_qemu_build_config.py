@@ -1,6 +1,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The patched_qemu role's Debian build configuration (files/debian_build_config.py) and the
-probe's feature-parity comparison (files/qemu_guard_probe.py parity).
+"""The patched_qemu role's Debian build configuration (files/debian_build_config.py). The
+feature-parity comparison is tested with module_utils/qemu_guard.py
+(tests/unit/plugins/module_utils/test_qemu_guard.py).
 
 The make output below is what ``make -s -n -f debian/rules b/qemu/configured
 BUILD_PACKAGES=qemu-system`` prints in Debian 12's qemu 1:7.2+dfsg-7+deb12u18 source (copied
@@ -10,19 +11,15 @@ the real one: qemu-system-common 1:7.2+dfsg-7+deb12u18+b3's modules export
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
-import os
 import shlex
-import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 FILES = REPO / "roles" / "patched_qemu" / "files"
-STOCK_QEMU = "/usr/bin/qemu-system-x86_64"
 MODULES = Path("/usr/lib/x86_64-linux-gnu/qemu")
 
 
@@ -34,7 +31,6 @@ def _load(name: str):
 
 
 config = _load("debian_build_config")
-probe = _load("qemu_guard_probe")
 
 MAKE_OUTPUT = """rm -rf b/qemu; mkdir -p b/qemu
 cd b/qemu && \\
@@ -119,42 +115,3 @@ def test_unmet_build_dependencies_are_parsed():
     assert config.parse_unmet(text) == ["debhelper-compat", "python3-sphinx", "libcapstone-dev",
                                         "libaio-dev", "libglusterfs-dev", "libxen-dev", "libpmem-dev"]
     assert config.parse_unmet("") == []
-
-
-def test_help_normalisation_removes_versions_and_the_binary_name():
-    text = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nqemu-system-x86_64.distrib: type is NULL\n"
-    assert probe.normalize_help(text, "/usr/bin/qemu-system-x86_64.distrib") == [
-        "QEMU emulator version <version>", "<binary>: type is NULL"]
-
-
-def test_compare_help_names_what_only_one_binary_offers():
-    stock = {"rc": 0, "lines": ["Available display backend types:", "none", "curses", "spice-app"]}
-    patched = {"rc": 0, "lines": ["Available display backend types:", "none"]}
-    result = probe.compare_help(patched, stock)
-    assert not result["identical"]
-    assert result["only_stock"] == ["curses", "spice-app"] and result["only_patched"] == []
-    assert probe.compare_help(stock, dict(stock))["identical"]
-    reordered = probe.compare_help({"rc": 0, "lines": list(reversed(stock["lines"]))}, stock)
-    assert not reordered["identical"] and reordered["order_differs"]
-
-
-@pytest.mark.skipif(not os.path.exists(STOCK_QEMU), reason="Debian's qemu-system-x86 is not installed")
-def test_parity_of_the_stock_binary_with_a_renamed_copy(tmp_path):
-    """A copy of Debian's binary under another name and in another directory (as the diverted
-    .distrib and the unpacked package are) has parity with the original: the comparison sees
-    the same devices, CPUs, displays, audio drivers, ... Without the module directory it lacks
-    the devices of the modules (qxl, usb-host, ...), and the comparison says so."""
-    copy = tmp_path / "qemu-system-x86_64.distrib"
-    shutil.copy2(STOCK_QEMU, copy)
-    # a copy outside /usr/bin finds no modules by itself (QEMU looks for them relative to its own
-    # location): it gets the directory its installed copy uses, as the role's pre-install check does
-    result = probe.cmd_parity(argparse.Namespace(patched=str(copy), stock=STOCK_QEMU, timeout=60,
-                                                 patched_module_dir=str(MODULES)))
-    assert result["identical"], {k: v for k, v in result["queries"].items() if not v["identical"]}
-    assert set(result["queries"]) == {"device", "machine", "cpu", "accel", "display", "audiodev",
-                                      "netdev", "object", "chardev", "vga"}
-    assert result["queries"]["device"]["lines"][0] > 300
-    without = probe.compare_help(probe.query_help(str(copy), ["-device", "help"], 60),
-                                 probe.query_help(STOCK_QEMU, ["-device", "help"], 60))
-    assert not without["identical"]
-    assert any('"qxl"' in line for line in without["only_stock"]), without

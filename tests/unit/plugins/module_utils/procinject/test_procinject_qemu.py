@@ -12,12 +12,10 @@ the collection exists: a migration of that guest makes the stock QEMU 7.2 read t
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,22 +24,15 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.procinject.qe
     MCE_FORMAT,
     QemuProcess,
 )
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.qemu_selftest import QMP
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 GPA = 0x1000000
-PROBE = Path(__file__).resolve().parents[5] / "roles" / "patched_qemu" / "files" / "qemu_guard_probe.py"
 GP_ONLY = {"PTRACE_SEIZE", "PTRACE_INTERRUPT", "PTRACE_GETREGS", "PTRACE_SETREGS", "PTRACE_CONT",
            "PTRACE_SINGLESTEP", "PTRACE_DETACH"}
 
 pytestmark = pytest.mark.skipif(not os.access(QEMU, os.X_OK),
                                 reason="needs Debian's qemu-system-x86 (make deps installs it)")
-
-
-def _qmp_class():
-    spec = importlib.util.spec_from_file_location("pq_probe_for_qmp", PROBE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.QMP
 
 
 @pytest.fixture(name="guest")
@@ -56,7 +47,7 @@ def fixture_guest():
     while not os.path.exists(sock):
         assert proc.poll() is None and time.monotonic() < deadline, "QEMU did not start"
         time.sleep(0.05)
-    qmp = _qmp_class()(sock, timeout=20)
+    qmp = QMP(sock, timeout=20)
     assert "error" not in qmp.execute("cont")
     yield proc, qmp
     if proc.poll() is None:
