@@ -201,13 +201,15 @@ def place(vms, capacities, cold_disk_check=None, target_check=None):
     for vm in order:
         need_mem = int(vm.get("memory_mib") or 0)
         need_cpu = int(vm.get("vcpus") or 0)
-        best, refusals = None, []
+        best, refusals, short_of_room = None, [], False
         for index, cap in enumerate(usable):
             if cap["memory_free_mib"] < need_mem:
                 refusals.append("%s has %d MiB free" % (cap["name"], cap["memory_free_mib"]))
+                short_of_room = True
                 continue
             if cap["vcpu_free"] < need_cpu:
                 refusals.append("%s has %d vCPU(s) free" % (cap["name"], cap["vcpu_free"]))
+                short_of_room = True
                 continue
             if vm.get("action") == ACTION_COLD and cold_disk_check is not None:
                 ok, why = cold_disk_check(vm, cap["name"])
@@ -228,9 +230,11 @@ def place(vms, capacities, cold_disk_check=None, target_check=None):
         if best is None:
             if not usable:
                 reason = "no usable target"
-            else:
+            elif short_of_room:
                 reason = "no target with room for %d MiB and %d vCPU(s): %s" % (
                     need_mem, need_cpu, "; ".join(refusals))
+            else:  # room enough, but no target passed the VM's own checks
+                reason = "no target can take it: %s" % "; ".join(refusals)
             result[vm["name"]] = (None, reason)
             continue
         cap = best[1]

@@ -562,7 +562,7 @@ def request_evidence(job, source, lab, report=None):
 def other_answers(template, source, lab):
     """A valid answer other than the default to every evacuation question but the policy (each
     then differs from the playbook's own default, so the run shows it was read, not defaulted)."""
-    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import evacuation  # pylint: disable=import-outside-toplevel
+    from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as evacuation  # pylint: disable=import-outside-toplevel
 
     questions = {q["variable"]: q for q in template["survey_spec"]["spec"]}
     answers = {

@@ -76,7 +76,7 @@ def trixie_image(tmp_path_factory):
     hvlab = _hvlab_module()
     sources = trixie_sources(hvlab.machine_apt_sources())
     assert f"Suites: {SUITE}" in sources, sources
-    options = [o for o in hvlab.MMDEBSTRAP_OPTIONS]
+    options = list(hvlab.MMDEBSTRAP_OPTIONS)
     key = hashlib.sha256(json.dumps([SUITE, PACKAGES, options, sources]).encode()).hexdigest()[:12]
     reference = f"{IMAGE_REPOSITORY}:{key}"
     if _docker("image", "inspect", reference, check=False).returncode != 0:

@@ -88,6 +88,7 @@ def test_a_vm_goes_only_where_the_preflight_says_it_can_run():
     assert vms["b"]["action"] == evplan.ACTION_LEAVE and vms["b"]["target"] is None
     assert "avx512f" not in vms["b"]["reason"] and "no network 'prod'" in vms["b"]["reason"]
     assert "hv2: preflight:" in vms["b"]["reason"] and "hv3: preflight:" in vms["b"]["reason"]
+    assert vms["b"]["reason"].startswith("no target can take it: ")
 
 
 def test_a_vm_or_target_the_preflight_did_not_check_gets_nothing():
