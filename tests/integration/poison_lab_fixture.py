@@ -15,7 +15,8 @@ Use from a test module in tests/integration (pytest puts that directory on sys.p
 Register at module level: every test module is imported before the first test runs, and the
 lab boots once per session (on first use) with all registered hooks. A test module that
 uses the fixture imports `poison_lab_run` from here. For a different inner QEMU (the patched build) call
-`lab_run(qemu_binary=...)` in your own fixture: it boots once per binary and session.
+`lab_run(qemu_binary=...)` in your own fixture: it boots once per binary and session. For the
+6.12 kernel call `get_run(kernel='6.12', with_hooks=False)` (once per session too).
 
 The fixture skips only when this machine cannot run QEMU at all (qemu-system-x86_64 missing
 and not installable); any other setup problem is an error with its cause.
@@ -40,10 +41,10 @@ __all__ = ['Hook', 'LabRun', 'checks', 'lab_run', 'poison_lab_run', 'register_ho
            'registered_hooks', 'LAB_DIR']
 
 
-def get_run(qemu_binary=None) -> LabRun:
+def get_run(qemu_binary=None, kernel=None, with_hooks=True) -> LabRun:
     """lab_run() with pytest semantics: skip when the machine cannot run the lab, else fail."""
     try:
-        return lab_run(qemu_binary=qemu_binary)
+        return lab_run(qemu_binary=qemu_binary, kernel=kernel, with_hooks=with_hooks)
     except LabUnavailable as exc:
         pytest.skip(f'poison lab cannot run on this machine: {exc}')
     except LabError as exc:

@@ -1,11 +1,18 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Experiment driver of the poison lab. Runs as root INSIDE the nested VM (python3.11, stdlib).
 
-Every experiment starts a victim (the memhog helper or an inner QEMU), finds the physical
-page behind one of its virtual pages through /proc/PID/pagemap, poisons that page for real
-(debugfs hwpoison corrupt-pfn or madvise(MADV_HWPOISON)), records what the kernel and the
+Every hwpoison experiment starts a victim (the memhog helper or an inner QEMU), finds the
+physical page behind one of its virtual pages through /proc/PID/pagemap, poisons that page for
+real (debugfs hwpoison corrupt-pfn or madvise(MADV_HWPOISON)), records what the kernel and the
 victim show, runs the registered hooks against the live victim, then touches (memhog) or
 migrates (QEMU) the page and records the outcome.
+
+The uffd-poison experiment does what a migration destination does with a hole it received:
+UFFDIO_POISON (Linux 6.6+) on one page of a userfaultfd-registered anonymous mapping of the
+uffd-poison helper, then records the PTE marker left behind (decoded and classified by the
+collection's own pagemap code, shipped under /lab/collection), the SIGBUS a read raises, the
+neighbouring pages and a forked child. On a kernel without UFFD_FEATURE_POISON it records the
+refusals and what the page reads as instead.
 
 Output: progress lines, and one line per experiment:  RESULT {json}
 Usage:  python3 -u /lab/lab.py /lab/config.json
@@ -26,6 +33,7 @@ CORRUPT_PFN = '/sys/kernel/debug/hwpoison/corrupt-pfn'
 EARLY_KILL = '/proc/sys/vm/memory_failure_early_kill'
 MCE_BIOS = '/lab/mce-bios.bin'
 HOOKS_DIR = '/lab/hooks'
+COLLECTION_PATH = '/lab/collection'  # replaced by the run configuration's collection_path
 MIGRATE_URI = 'exec:cat > /dev/null'
 HOOK_STDOUT_MAX = 256 * 1024
 HOOK_STDERR_MAX = 32 * 1024
@@ -47,7 +55,9 @@ EXPERIMENTS = {
     'qemu-tcg': ('qemu', {'accel': 'tcg', 'mce_guest': False, 'gpa': 0x2000000}),
     'qemu-kvm-reset': ('qemu', {'accel': 'kvm', 'mce_guest': False, 'gpa': 0x2000000}),
     'qemu-kvm-mce': ('qemu', {'accel': 'kvm', 'mce_guest': True, 'gpa': 0x2345000}),
+    'uffd-poison': ('uffd', {'page': 10, 'pages': 64}),
 }
+UFFD_FEATURE_POISON = 1 << 14
 
 
 def uptime():
@@ -236,8 +246,11 @@ def parse_json_output(text):
 
 # ----------------------------------------------------------------- memhog ----
 class Memhog:
-    def __init__(self, mib=16):
-        self.proc = subprocess.Popen(['/usr/bin/memhog', str(mib)], stdin=subprocess.PIPE,
+    """A line-protocol helper process (memhog; uffd-poison with argv and label)."""
+
+    def __init__(self, mib=16, argv=None, label='memhog'):
+        self.label = label
+        self.proc = subprocess.Popen(argv or ['/usr/bin/memhog', str(mib)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.ready = self.until('READY')
 
@@ -250,7 +263,7 @@ class Memhog:
                 break
             line = line.rstrip('\n')
             lines.append(line)
-            log(f'memhog| {line}')
+            log(f'{self.label}| {line}')
             if line.startswith(prefix):
                 break
         return lines
@@ -548,16 +561,125 @@ def migrate(name, qmp, proc):
     return outcome
 
 
+# ------------------------------------------------------------ uffd-poison ----
+def fields(line):
+    """key=value tokens of a helper's answer line."""
+    return dict(token.split('=', 1) for token in (line or '').split() if '=' in token)
+
+
+def last_line(lines, prefix):
+    found = [line for line in lines if line.startswith(prefix)]
+    return found[-1] if found else ''
+
+
+def collection_view(collection_path, pid, base, length, vaddr, raw):
+    """What the collection's own code (plugins/module_utils/poison) makes of the process:
+    host facts (kernel, derived special swap types), the decoded entry of the page, and a
+    ProcessScanner scan of the mapping with every scan method this kernel has."""
+    if collection_path not in sys.path:
+        sys.path.insert(0, collection_path)
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import encoding as enc
+    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import host
+    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import pagemap as pm
+    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import procfs
+
+    facts, version, problems = host.collect('/proc', '/sys', '/boot')
+    entry = enc.PagemapEntry(raw)
+    offset = entry.swap_offset
+    marker_type = facts['pte_marker_swap_type']
+    view = {'facts': {key: facts[key] for key in ('kernel_release', 'hardware_corrupted_kb', 'hwpoison_swap_type',
+                                                  'pte_marker_swap_type', 'swapin_error_swap_type',
+                                                  'swap_types_basis', 'swap_areas')},
+            'version': list(version) if version else None, 'problems': problems,
+            'entry': {'raw': entry.hex(), 'present': entry.present, 'swap_format': entry.swap_format,
+                      'swap_type': entry.swap_type, 'swap_offset': offset,
+                      'pte_marker': entry.swap_format and marker_type is not None and entry.swap_type == marker_type
+                      and offset is not None and offset < enc.PTE_MARKER_OFFSET_LIMIT,
+                      'poisoned_bit': bool(offset is not None and offset & enc.PTE_MARKER_POISONED)}}
+    mappings = [m for m in procfs.read_maps('/proc', pid) if m.start < base + length and base < m.end]
+    view['mappings'] = [repr(m) for m in mappings]
+    kpageflags = pm.Kpageflags('/proc/kpageflags')
+    try:
+        poisoned_pfns = () if not facts['hardware_corrupted_kb'] else kpageflags.sweep_hwpoison()
+        methods = {'pread': None}
+        if pm.probe_pagemap_scan('/proc/self/pagemap'):
+            methods['pagemap_scan'] = pm.pagemap_scan_swapped
+        view['scans'] = {}
+        for method, scan_fn in methods.items():
+            ctx = pm.ScanContext(real_swap_types=facts['swap_areas'] or 0, hwpoison_type=facts['hwpoison_swap_type'],
+                                 pte_marker_type=marker_type, swapin_error_type=facts['swapin_error_swap_type'],
+                                 kpageflags=kpageflags, poisoned_pfns=poisoned_pfns, pagemap_scan=scan_fn,
+                                 method=method,
+                                 # stay on the ioctl also when earlier experiments left poisoned PFNs (a
+                                 # fully resident process would otherwise be read with pread)
+                                 populated_first=True if scan_fn else None)
+            scanned = pm.ProcessScanner(f'/proc/{pid}/pagemap', ctx).scan(
+                [pm.Target(m, guest_ram=True) for m in mappings])
+            holes = [dict(h, hva=hex(h['hva']), pfn=None if h['pfn'] is None else hex(h['pfn']))
+                     for h in scanned.holes]
+            view['scans'][method] = {'method': scanned.method, 'complete': scanned.complete,
+                                     'reasons': scanned.reasons, 'holes': holes, 'stats': scanned.stats}
+            log(f'collection scan ({scanned.method}): complete={scanned.complete} holes={holes}')
+    finally:
+        kpageflags.close()
+    return view
+
+
+def uffd_poison_experiment(name, hooks, page, pages):
+    result = {'experiment': name, 'victim': 'uffd', 'page': page, 'pages': pages, 'swap_areas': swap_areas(),
+              'hardware_corrupted_kb_before': hardware_corrupted_kb()}
+    dmesg_take('pre')
+    helper = Memhog(argv=['/usr/bin/uffd-poison', str(pages)], label='uffd-poison')
+    ready = fields(last_line(helper.ready, 'READY'))
+    pid, base = helper.proc.pid, int(ready['base'], 16)
+    vaddr = base + page * PAGE
+    result.update(pid=pid, base=hex(base), vaddr=hex(vaddr))
+    log(f'{name}: pid {pid} page {page} vaddr {vaddr:#x}')
+    result['api_plain'] = fields(last_line(helper.command('api 0', 'API'), 'API'))
+    result['api_poison'] = fields(last_line(helper.command(f'api {UFFD_FEATURE_POISON:#x}', 'API'), 'API'))
+    result['pagemap_before'] = pagemap_or_error(pid, vaddr)
+    result['poison'] = fields(last_line(helper.command(f'poison {page}', 'POISON'), 'POISON'))
+    result['pagemap_registered'] = pagemap_or_error(pid, vaddr)
+    result['release'] = fields(last_line(helper.command('release', 'RELEASE'), 'RELEASE'))
+    result['pagemap'] = pagemap_or_error(pid, vaddr)
+    result['pagemap_self'] = fields(last_line(helper.command(f'pagemap {page}', 'PAGEMAP'), 'PAGEMAP'))
+    result['pagemap_neighbours'] = [pagemap_or_error(pid, vaddr - PAGE), pagemap_or_error(pid, vaddr + PAGE)]
+    try:
+        raw = int(result['pagemap']['raw'], 16)
+        result['collection'] = collection_view(COLLECTION_PATH, pid, base, pages * PAGE, vaddr, raw)
+    except Exception as exc:  # recorded: the checks fail on it with this message
+        result['collection'] = {'error': f'{exc.__class__.__name__}: {exc}'}
+        log(f'{name}: collection view failed: {result["collection"]["error"]}')
+    result['hooks'] = {'after-inject': hooks.run(name, 'after-inject', {
+        'LAB_VICTIM_PID': pid, 'LAB_VICTIM_COMM': 'uffd-poison', 'LAB_VICTIM_IS_QEMU': 0,
+        'LAB_VICTIM_ALIVE': int(helper.proc.poll() is None), 'LAB_VADDR': hex(vaddr)})}
+    result['checkall'] = fields(last_line(helper.command(f'checkall {page}', 'CHECKALL'), 'CHECKALL'))
+    result['neighbours'] = [fields(last_line(helper.command(f'check {n}', 'CHECK'), 'CHECK'))
+                            for n in (page - 1, page + 1)]
+    result['fork'] = helper.command(f'fork {page}', 'FORK')
+    result['read'] = helper.command(f'read {page}', 'READ')
+    result['dmesg_after_touch'] = dmesg_take(f'{name} after-touch')
+    result['hardware_corrupted_kb_after'] = hardware_corrupted_kb()
+    result['victim_exit'] = process_state(helper.finish())
+    log(f'{name}: uffd-poison {result["victim_exit"]["text"]}')
+    return result
+
+
 def run_experiment(name, hooks, qemu):
     victim, params = EXPERIMENTS[name]
     if victim == 'memhog':
         return memhog_experiment(name, hooks, **params)
+    if victim == 'uffd':
+        return uffd_poison_experiment(name, hooks, **params)
     return qemu_experiment(name, hooks, qemu, **params)
 
 
 def main(config_path):
     with open(config_path) as f:
         config = json.load(f)
+    global COLLECTION_PATH  # pylint: disable=global-statement
+    COLLECTION_PATH = config.get('collection_path', COLLECTION_PATH)
     hooks = Hooks(config.get('hooks', []))
     qemu = config['qemu']
     names = config.get('experiments') or list(EXPERIMENTS)

@@ -20,7 +20,16 @@ DRIVER_PREFIXES = ('[lab ', 'boot-dmesg| ')
 REFUSAL = "Can't migrate this vm with hardware poisoned memory, please reboot the vm and try again"
 SIGBUS, SIGABRT = 7, 6
 BUS_MCEERR_AR, BUS_MCEERR_AO = 4, 5
-DEFAULT_EXPERIMENTS = ['memhog-late', 'memhog-early', 'memhog-madvise', 'qemu-tcg', 'qemu-kvm-reset', 'qemu-kvm-mce']
+DEFAULT_EXPERIMENTS = ['memhog-late', 'memhog-early', 'memhog-madvise', 'qemu-tcg', 'qemu-kvm-reset', 'qemu-kvm-mce',
+                       'uffd-poison']
+# userfaultfd ABI (include/uapi/linux/userfaultfd.h, Linux 6.6+)
+UFFD_FEATURE_POISON = 1 << 14
+UFFDIO_POISON_IOCTL_BIT = 1 << 0x08  # _UFFDIO_POISON in the ioctls mask of UFFDIO_REGISTER
+UFFD_POISON_SINCE = (6, 6)
+PTE_MARKER_POISONED = 1 << 1
+EINVAL = 22
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
 
 
 @dataclasses.dataclass
@@ -214,6 +223,115 @@ def _qemu(c: _Checks, r: dict, pfn: int, migration_guard: bool | None) -> None:
                                                       for line in migrate.get('dmesg', [])), migrate.get('dmesg'))
 
 
+def kernel_version(release) -> tuple[int, int] | None:
+    """'6.12.95+deb12-amd64' -> (6, 12); None when unparsable."""
+    match = re.match(r'^(\d+)\.(\d+)', str(release or ''))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def expects_uffd_poison(release) -> bool:
+    """Does a kernel of this release have UFFDIO_POISON / UFFD_FEATURE_POISON (6.6+)?"""
+    version = kernel_version(release)
+    return version is not None and version >= UFFD_POISON_SINCE
+
+
+def decode_pagemap(raw) -> dict:
+    """The fields of a pagemap value that tell a PTE marker (the same layout the collection
+    decodes in plugins/module_utils/poison/encoding.py)."""
+    value = as_int(raw)
+    if value is None:
+        return {'raw': raw, 'valid': False}
+    swap_format = bool(value >> 62 & 1) and not value >> 63 & 1
+    return {'raw': f'0x{value:016x}', 'valid': True, 'present': bool(value >> 63 & 1), 'swap_format': swap_format,
+            'swap_type': value & 0x1f if swap_format else None,
+            'swap_offset': (value & ((1 << 55) - 1)) >> 5 if swap_format else None}
+
+
+def _ints(fields: dict, *keys) -> list[int | None]:
+    return [as_int(fields.get(key)) for key in keys]
+
+
+def _sigbus_fields(lines: list[str], prefix: str = '') -> list[dict]:
+    out = []
+    for line in lines:
+        if line.startswith(prefix + 'SIGBUS '):
+            out.append(dict(token.split('=', 1) for token in line[len(prefix):].split() if '=' in token))
+    return out
+
+
+def _uffd(c: _Checks, r: dict) -> None:
+    """uffd-poison: what a migration destination needs to install a hole (see guest/lab.py)."""
+    supported = expects_uffd_poison(r.get('kernel_release'))
+    plain, asked, poison = r.get('api_plain', {}), r.get('api_poison', {}), r.get('poison', {})
+    page, vaddr = r.get('page'), as_int(r.get('vaddr'))
+    c.add('api-handshake', plain.get('ret') == '0', plain)
+    advertised = bool((as_int(plain.get('features')) or 0) & UFFD_FEATURE_POISON)
+    read_lines = r.get('read', [])
+    neighbours = r.get('neighbours', [])
+    intact = [n.get('good') == str(PAGE_SIZE) and n.get('bad') == '0' for n in neighbours]
+    c.add('neighbours-keep-data', len(intact) == 2 and all(intact), neighbours)
+    checkall = r.get('checkall', {})
+    c.add('every-other-page-keeps-data', checkall.get('bad_pages') == '0' and as_int(checkall.get('good_pages')) ==
+          (as_int(checkall.get('pages')) or 0) - 1, checkall)
+    c.add('victim-exit-0', r.get('victim_exit', {}).get('exit_code') == 0, r.get('victim_exit'))
+    collection = r.get('collection', {})
+    scans = collection.get('scans', {})
+    if not supported:
+        c.add('api-does-not-advertise-poison', not advertised, plain)
+        c.add('api-with-poison-einval', asked.get('ret') == '-1' and as_int(asked.get('errno')) == EINVAL, asked)
+        c.add('uffdio-poison-refused', poison.get('api_poison') == '0' and poison.get('register') == '0'
+              and poison.get('ret') == '-1' and as_int(poison.get('errno')) == EINVAL, poison)
+        entry = decode_pagemap(r.get('pagemap', {}).get('raw'))
+        c.add('no-marker-page-is-empty', entry.get('valid') and not entry['present'] and not entry['swap_format'], entry)
+        c.add('unpoisoned-hole-reads-zeros', any(line == f'READ page={page} value=0' for line in read_lines), read_lines)
+        c.add('collection-sees-no-hole', 'error' not in collection and scans
+              and all(s.get('complete') and not s.get('holes') for s in scans.values()), collection)
+        return
+    c.add('api-advertises-poison', advertised, plain)
+    c.add('api-accepts-poison', asked.get('ret') == '0'
+          and bool((as_int(asked.get('features')) or 0) & UFFD_FEATURE_POISON), asked)
+    c.add('register-offers-uffdio-poison', poison.get('register') == '0'
+          and bool((as_int(poison.get('register_ioctls')) or 0) & UFFDIO_POISON_IOCTL_BIT), poison)
+    c.add('uffdio-poison-one-page', poison.get('api_poison') == '1' and poison.get('ret') == '0'
+          and as_int(poison.get('updated')) == PAGE_SIZE, poison)
+    release = r.get('release', {})
+    c.add('unregister-and-close', release.get('unregister') == '0' and release.get('close') == '0', release)
+    entry = decode_pagemap(r.get('pagemap', {}).get('raw'))
+    marker_type = collection.get('facts', {}).get('pte_marker_swap_type')
+    c.add('pagemap-poisoned-pte-marker', entry.get('swap_format') and entry['swap_offset'] == PTE_MARKER_POISONED
+          and marker_type is not None and entry['swap_type'] == marker_type,
+          f'{entry}; derived PTE marker type {marker_type}')
+    c.add('marker-seen-by-the-process-itself', r.get('pagemap_self', {}).get('raw') == entry.get('raw'),
+          r.get('pagemap_self'))
+    decoded = collection.get('entry', {})
+    c.add('collection-decodes-poisoned-marker', decoded.get('pte_marker') is True and decoded.get('poisoned_bit') is True,
+          decoded or collection)
+    wanted = [hex(vaddr)] if vaddr is not None else []
+    classified = {method: [h.get('hva') for h in s.get('holes', []) if h.get('source') == 'pte_marker_poisoned']
+                  for method, s in scans.items()}
+    c.add('collection-classifies-poisoned', 'error' not in collection and scans
+          and all(s.get('complete') and len(s.get('holes', [])) == 1 for s in scans.values())
+          and all(found == wanted for found in classified.values()), collection.get('error') or scans)
+    c.add('collection-pagemap-scan-used', scans.get('pagemap_scan', {}).get('method') == 'pagemap_scan'
+          and scans.get('pread', {}).get('method') == 'pread', {m: s.get('method') for m, s in scans.items()})
+    own = _sigbus_fields(read_lines)
+    c.add('read-sigbus-mceerr-ar-lsb-12', f'READ page={page} sigbus' in read_lines and own
+          and own[0].get('code') == '4' and own[0].get('lsb') == '12' and as_int(own[0].get('addr')) == vaddr,
+          read_lines)
+    dmesg = r.get('dmesg_after_touch', [])
+    c.add('dmesg-mce-killing-uffd-poison', any('MCE: Killing uffd-poison:' in line for line in dmesg), dmesg)
+    fork = r.get('fork', [])
+    child_pagemap = [line for line in fork if line.startswith('CHILD PAGEMAP ')]
+    child_raw = child_pagemap[0].rsplit('raw=', 1)[-1] if child_pagemap else None
+    child_bus = _sigbus_fields(fork, 'CHILD ')
+    c.add('forked-child-inherits-marker', child_raw == entry.get('raw')
+          and f'CHILD READ page={page} sigbus' in fork and child_bus and child_bus[0].get('code') == '4'
+          and child_bus[0].get('lsb') == '12' and f'CHILD CHECK page={page + 1} good={PAGE_SIZE} bad=0' in fork
+          and any(line.startswith('FORK ') and line.endswith('status=exit:0') for line in fork), fork)
+    c.add('hardware-corrupted-unchanged', r.get('hardware_corrupted_kb_before') == r.get('hardware_corrupted_kb_after'),
+          (r.get('hardware_corrupted_kb_before'), r.get('hardware_corrupted_kb_after')))
+
+
 def evaluate(results: dict[str, dict], experiments: list[str] | None = None,
              migration_guard: bool | None = False) -> dict[str, list[Check]]:
     """Checks per experiment. migration_guard: False = the inner QEMU must crash on migrate
@@ -226,6 +344,8 @@ def evaluate(results: dict[str, dict], experiments: list[str] | None = None,
             c.add('result-present', False, 'no RESULT line for this experiment')
         elif r.get('error'):
             c.add('no-error', False, r['error'])
+        elif r.get('victim') == 'uffd':
+            _uffd(c, r)
         else:
             pfn = as_int(r.get('pfn'))
             _common(c, r, pfn)

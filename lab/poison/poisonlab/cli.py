@@ -18,6 +18,18 @@ def _hook_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _kernel_arg(text: str) -> str:
+    if text not in hostsetup.KERNELS:
+        raise argparse.ArgumentTypeError(f'unknown lab kernel {text!r}: choose one of {", ".join(sorted(hostsetup.KERNELS))}')
+    return text
+
+
+def _add_kernel_option(parser: argparse.ArgumentParser, what: str) -> None:
+    choices = ', '.join(f'{name} ({spec.description})' for name, spec in hostsetup.KERNELS.items())
+    parser.add_argument('--kernel', type=_kernel_arg, default=hostsetup.DEFAULT_KERNEL, metavar='KERNEL',
+                        help=f'{what}: {choices}; default {hostsetup.DEFAULT_KERNEL}')
+
+
 def _print_checks(results: dict, experiments: list[str], migration_guard: bool | None) -> int:
     evaluated = checks.evaluate(results, experiments, migration_guard=migration_guard)
     failing = 0
@@ -37,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--workdir', type=Path, default=None, help='cache directory (default $POISON_LAB_DIR '
                         'or lab/state/poison)')
     sub = parser.add_subparsers(dest='command', required=True)
-    sub.add_parser('setup', help='install packages, fetch the pinned kernel, build the base image')
+    setup = sub.add_parser('setup', help='install packages, fetch the pinned kernel, build the base image')
+    _add_kernel_option(setup, 'the kernel to fetch and build for')
     run = sub.add_parser('run', help='boot the lab and check every experiment')
+    _add_kernel_option(run, 'the kernel the lab VM boots')
     run.add_argument('-e', '--experiments', default=None,
                      help=f'comma-separated subset of {",".join(harness.EXPERIMENTS)}')
     run.add_argument('--hook', action='append', type=_hook_arg, default=[], metavar='NAME=PATH',
@@ -56,22 +70,26 @@ def main(argv: list[str] | None = None) -> int:
                        default='expect-crash')
     pin = sub.add_parser('pin', help='show or update the pinned kernel package')
     pin.add_argument('--update', action='store_true', help='pin the current linux-image-amd64 candidate')
+    _add_kernel_option(pin, 'the pin to show or update')
     args = parser.parse_args(argv)
     guard_modes = {'expect-crash': False, 'expect-refusal': True, 'ignore': None}
 
     try:
         if args.command == 'setup':
-            prepared = harness.prepare(args.workdir or harness.default_workdir())
+            prepared = harness.prepare(args.workdir or harness.default_workdir(), kernel=args.kernel)
             print(json.dumps({'kernel': prepared['kernel'].as_dict(), 'base': str(prepared['base']),
                               'installed': prepared['installed'],
                               'timings': {k: round(v, 1) for k, v in prepared['timings'].items()}}, indent=1))
             return 0
         if args.command == 'pin':
+            spec = hostsetup.kernel_spec(args.kernel)
             if args.update:
-                package, version, sha256 = hostsetup.update_pin()
-                print(f'pinned {package} {version} sha256 {sha256} in {hostsetup.PIN_FILE}')
+                package, version, sha256 = hostsetup.update_pin(kernel=spec,
+                                                                cache=args.workdir or harness.default_workdir())
+                print(f'pinned {package} {version} sha256 {sha256} in {spec.pin_file}')
             else:
-                print(hostsetup.PIN_FILE.read_text(), end='')
+                hostsetup.read_pin(kernel=spec)  # a pin that cannot be used is an error here too
+                print(spec.pin_file.read_text(), end='')
             return 0
         if args.command == 'check':
             parsed = checks.parse_log(args.log.read_text(errors='replace'))
@@ -84,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         hooks = {name: harness.Hook(path, points=points) for name, path in args.hook}
         experiments = args.experiments.split(',') if args.experiments else None
         lab_run = harness.run_lab(experiments, hooks=hooks, qemu_binary=args.qemu_binary, workdir=args.workdir,
-                                  timeout_s=args.timeout, echo=not args.quiet)
+                                  kernel=args.kernel, timeout_s=args.timeout, echo=not args.quiet)
     except LabUnavailable as exc:
         print(f'poison-lab: cannot run on this machine: {exc}', file=sys.stderr)
         return 3
@@ -94,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(dict(lab_run.summary(), results=lab_run.results), indent=1, default=str))
     failing = _print_checks(lab_run.results, lab_run.experiments, guard_modes[args.migration_guard])
+    print(f'poison-lab: kernel {lab_run.kernel.get("release")} ({lab_run.kernel.get("package")} '
+          f'{lab_run.kernel.get("version")}, --kernel {lab_run.kernel.get("lab_kernel")})')
     print(f'poison-lab: verdict {lab_run.verdict}, attempts {lab_run.attempts}, '
           f'{lab_run.duration_s:.0f} s total (boot {lab_run.boot_s:.0f} s), log {lab_run.log_path}')
     return 0 if lab_run.ok and not failing else 1

@@ -5,8 +5,9 @@
     run = run_lab(hooks={'detector': Hook('/path/to/dir-with-run', experiments=['qemu-kvm-mce'])})
     run.results['qemu-kvm-mce']['hooks']['after-inject']['detector']['json']
 
-run_lab() installs the Debian packages it needs (when root), fetches the pinned kernel,
-builds (or reuses) the base initramfs, writes a small overlay with the run's configuration,
+run_lab() installs the Debian packages it needs (when root), fetches the pinned kernel
+(kernel='6.1', the default, or kernel='6.12': see hostsetup.KERNELS), builds (or reuses) the
+base initramfs of that kernel, writes a small overlay with the run's configuration,
 hooks and optional inner QEMU binary, boots the VM under QEMU TCG and parses the RESULT
 lines of its serial console. A run whose log shows a kernel panic/oops, or lacks the end
 marker, is booted once more; LabRun.attempts says how many boots it took.
@@ -38,8 +39,11 @@ ALT_QEMU = '/lab/qemu/qemu-system-x86_64'
 ALT_QEMU_ARGS = ['-L', '/usr/share/seabios', '-L', '/usr/share/qemu']
 KEEP_RUNS = 10
 
+KERNELS = tuple(hostsetup.KERNELS)
+DEFAULT_KERNEL = hostsetup.DEFAULT_KERNEL
+
 __all__ = ['Hook', 'LabRun', 'Attempt', 'run_lab', 'prepare', 'LabError', 'LabUnavailable', 'EXPERIMENTS',
-           'HOOK_POINTS', 'default_workdir']
+           'HOOK_POINTS', 'KERNELS', 'DEFAULT_KERNEL', 'default_workdir']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +122,12 @@ def _locked(workdir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare(workdir: Path | None = None, install_packages: bool = True) -> dict:
-    """Packages, kernel and base image; returns paths and timings. Safe to call repeatedly."""
+def prepare(workdir: Path | None = None, install_packages: bool = True, kernel: str | None = None) -> dict:
+    """Packages, kernel and base image; returns paths and timings. Safe to call repeatedly.
+
+    kernel: the lab kernel ('6.1', the default, or '6.12').
+    """
+    spec = hostsetup.kernel_spec(kernel)
     workdir = Path(workdir or default_workdir())
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -128,17 +136,23 @@ def prepare(workdir: Path | None = None, install_packages: bool = True) -> dict:
     if not shutil.which('qemu-system-x86_64'):
         raise LabUnavailable('qemu-system-x86_64 is not installed and could not be installed')
     mark = time.monotonic()
-    kernel = hostsetup.ensure_kernel(workdir)
-    kroot = hostsetup.extract_kernel(kernel, workdir)
+    kernel_package = hostsetup.ensure_kernel(workdir, kernel=spec)
+    kroot = hostsetup.extract_kernel(kernel_package, workdir)
     timings['kernel_s'] = time.monotonic() - mark
     mark = time.monotonic()
-    base = initramfs.build_base(kroot, workdir / 'base', kernel.sha256)
+    base = initramfs.build_base(kroot, workdir / 'base', kernel_package.sha256, spec.name)
     memhog = initramfs.compile_memhog(workdir / 'build')
+    helpers = {name: initramfs.compile_helper(workdir / 'build', name) for name in initramfs.HELPERS
+               if name != 'memhog'}
     timings['build_s'] = time.monotonic() - mark
-    return {'kernel': kernel, 'base': base, 'memhog': memhog, 'timings': timings, 'installed': installed}
+    return {'kernel': kernel_package, 'base': base, 'memhog': memhog, 'helpers': helpers, 'timings': timings,
+            'installed': installed}
 
 
-def _validate(experiments, hooks, qemu_binary):
+def _validate(experiments, hooks, qemu_binary, kernel=None):
+    hostsetup.kernel_spec(kernel)  # an unknown kernel fails here, before anything is fetched or built
+    if isinstance(experiments, str):
+        raise LabError(f'experiments must be a list of names, not the string {experiments!r}')
     names = list(experiments) if experiments is not None else list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
@@ -170,8 +184,8 @@ def _validate(experiments, hooks, qemu_binary):
 
 def run_lab(experiments: list[str] | None = None, hooks: dict[str, Hook | str | os.PathLike] | None = None,
             qemu_binary: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None, *,
-            install_packages: bool = True, timeout_s: int = 900, max_attempts: int = 2,
-            memory_mib: int = 2048, echo: bool = False) -> LabRun:
+            kernel: str | None = None, install_packages: bool = True, timeout_s: int = 900,
+            max_attempts: int = 2, memory_mib: int = 2048, echo: bool = False) -> LabRun:
     """Boot the poison lab once (plus one retry on a panic/missing end marker); see module doc.
 
     experiments: subset/order of EXPERIMENTS (default all).
@@ -179,15 +193,18 @@ def run_lab(experiments: list[str] | None = None, hooks: dict[str, Hook | str | 
     qemu_binary: the INNER QEMU to use instead of the host's Debian one (copied into the VM with
                  its libraries, run with -L firmware paths).
     workdir: cache and run records (default $POISON_LAB_DIR or lab/state/poison).
+    kernel: the lab kernel, '6.1' (default: Debian 12's own) or '6.12' (bookworm-backports,
+            the first with UFFDIO_POISON); each has its pin (hostsetup.KERNELS).
     timeout_s: per boot, bounded; on expiry the VM is killed and the attempt counts as failed.
     echo: copy the serial console to stderr while it runs.
     Raises LabError when setup/build fails (LabUnavailable: the machine cannot run it at all).
     """
     started = time.monotonic()
-    names, resolved_hooks, qemu = _validate(experiments, hooks, qemu_binary)
+    names, resolved_hooks, qemu = _validate(experiments, hooks, qemu_binary, kernel)
+    spec = hostsetup.kernel_spec(kernel)
     workdir = Path(workdir or default_workdir()).resolve()
     with _locked(workdir):
-        prepared = prepare(workdir, install_packages=install_packages)
+        prepared = prepare(workdir, install_packages=install_packages, kernel=spec.name)
         base: Path = prepared['base']
         manifest = json.loads((base / 'manifest.json').read_text())
         run_dir = _new_run_dir(workdir)
@@ -198,11 +215,14 @@ def run_lab(experiments: list[str] | None = None, hooks: dict[str, Hook | str | 
                       for name, (dummy, h) in resolved_hooks.items()],
             'qemu': {'binary': ALT_QEMU if qemu else GUEST_QEMU, 'extra_args': ALT_QEMU_ARGS if qemu else [],
                      'source': str(qemu) if qemu else 'host /usr/bin/qemu-system-x86_64'},
+            'lab_kernel': spec.name,
+            'collection_path': initramfs.COLLECTION_GUEST_ROOT,
         }
         mark = time.monotonic()
         overlay_info = initramfs.build_overlay(
             run_dir / 'overlay.cpio', config=config, hooks={n: p for n, (p, dummy) in resolved_hooks.items()},
-            memhog=prepared['memhog'], base_paths=set(manifest['paths']), qemu_binary=qemu)
+            memhog=prepared['memhog'], base_paths=set(manifest['paths']), qemu_binary=qemu,
+            helpers=prepared['helpers'], collection=initramfs.collection_files(REPO_ROOT))
         initrd = run_dir / 'initrd.cpio'
         with initrd.open('wb') as out:
             for part in (base / 'base.cpio', run_dir / 'overlay.cpio'):

@@ -7,9 +7,10 @@ replace earlier ones):
 * the base (about 100 MiB, cached): busybox, QEMU with its libraries and firmware,
   Debian's python3.11 with a trimmed stdlib, and the kernel modules the experiments load
   (hwpoison-inject, kvm, kvm-amd and their dependencies);
-* the overlay (small, written for every run): /init, the experiment driver, the memhog
-  helper, the CR4.MCE boot stub, the run configuration, the hooks and an optional
-  different inner QEMU binary.
+* the overlay (small, written for every run): /init, the experiment driver, the memhog and
+  uffd-poison helpers, the CR4.MCE boot stub, the collection's pure-Python pagemap decoder
+  (plugins/module_utils/poison, under /lab/collection), the run configuration, the hooks and an
+  optional different inner QEMU binary.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ HERE = Path(__file__).resolve().parent
 LAB_DIR = HERE.parent
 GUEST_DIR = LAB_DIR / 'guest'
 SRC_DIR = LAB_DIR / 'src'
+# where the overlay puts the collection's module_utils (an ansible_collections tree: the files
+# import each other by their full names, as in a module's AnsiballZ payload)
+COLLECTION_GUEST_ROOT = '/lab/collection'
+HELPERS = {'memhog': 'memhog.c', 'uffd-poison': 'uffd_poison.c'}
 
 BUSYBOX = Path('/bin/busybox')
 HOST_QEMU = Path('/usr/bin/qemu-system-x86_64')
@@ -266,11 +271,12 @@ def base_key(kernel_sha256: str) -> str:
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
 
-def build_base(kroot: Path, out_dir: Path, kernel_sha256: str) -> Path:
+def build_base(kroot: Path, out_dir: Path, kernel_sha256: str, lab_kernel: str = '6.1') -> Path:
     """Build (or reuse) the base image for this kernel; return its directory.
 
     The directory holds vmlinuz, base.cpio, manifest.json (guest paths in the image, the
-    module load order, the kernel release).
+    module load order, the kernel release, the lab kernel it was built for). Older images of
+    the same lab kernel are removed; the image of the other lab kernel is kept.
     """
     key = base_key(kernel_sha256)
     target = out_dir / key
@@ -329,15 +335,23 @@ def build_base(kroot: Path, out_dir: Path, kernel_sha256: str) -> Path:
     tmp.mkdir(parents=True)
     tree.write_cpio(tmp / 'base.cpio')
     shutil.copyfile(kroot / 'boot' / f'vmlinuz-{kver}', tmp / 'vmlinuz')
-    manifest = {'key': key, 'kernel_release': kver, 'kernel_sha256': kernel_sha256,
+    manifest = {'key': key, 'kernel_release': kver, 'kernel_sha256': kernel_sha256, 'lab_kernel': lab_kernel,
                 'modules': order, 'paths': sorted(tree.entries)}
     (tmp / 'manifest.json').write_text(json.dumps(manifest))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    for old in out_dir.iterdir():  # keep only the current base image
-        if old.name != key:
+    for old in out_dir.iterdir():  # keep the current base image of each lab kernel
+        if old.name != key and _base_lab_kernel(old) in (lab_kernel, None):
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _base_lab_kernel(directory: Path) -> str | None:
+    """The lab kernel a base image directory was built for (None: unknown, an old or partial one)."""
+    try:
+        return json.loads((directory / 'manifest.json').read_text()).get('lab_kernel')
+    except (OSError, ValueError):
+        return None
 
 
 def _stdlib_has(tree: Tree, module: str) -> bool:
@@ -359,13 +373,42 @@ def _builtin_modules() -> set[str]:
 
 
 # ---------------------------------------------------------------- overlay ---
+def collection_files(repo_root: Path) -> dict[str, Path]:
+    """Guest path -> host file of the collection's pure-Python poison module_utils.
+
+    The package __init__ files on the way are shipped where the collection has them; the
+    other levels are namespace packages, as in an installed collection.
+    """
+    package = repo_root / 'plugins' / 'module_utils' / 'poison'
+    sources = sorted(package.glob('*.py'))
+    if not sources:
+        raise LabError(f'{package} holds no python files: is {repo_root} the collection checkout?')
+    guest_package = f'{COLLECTION_GUEST_ROOT}/ansible_collections/kvm_ras/poison_guard/plugins/module_utils/poison'
+    files = {f'{guest_package}/{source.name}': source for source in sources}
+    for parent in (repo_root / 'plugins' / 'module_utils', repo_root / 'plugins'):
+        init = parent / '__init__.py'
+        if init.is_file():
+            rel = parent.relative_to(repo_root).as_posix()
+            files[f'{COLLECTION_GUEST_ROOT}/ansible_collections/kvm_ras/poison_guard/{rel}/__init__.py'] = init
+    return files
+
+
 def build_overlay(out: Path, *, config: dict, hooks: dict[str, Path], memhog: Path,
-                  base_paths: set[str], qemu_binary: Path | None) -> dict:
-    """Write the per-run overlay cpio; return what went into it (for the run record)."""
+                  base_paths: set[str], qemu_binary: Path | None,
+                  helpers: dict[str, Path] | None = None, collection: dict[str, Path] | None = None) -> dict:
+    """Write the per-run overlay cpio; return what went into it (for the run record).
+
+    helpers: name -> static binary, installed as /usr/bin/<name> (memhog is one of them);
+    collection: guest path -> host file (collection_files()).
+    """
     tree = Tree()
     tree.add_file('/init', GUEST_DIR / 'init', mode=0o755)
     tree.add_file('/lab/lab.py', GUEST_DIR / 'lab.py', mode=0o644)
     tree.add_file('/usr/bin/memhog', memhog, mode=0o755)
+    for name, binary in (helpers or {}).items():
+        tree.add_file(f'/usr/bin/{name}', binary, mode=0o755)
+    for path, source in (collection or {}).items():
+        tree.add_file(path, source, mode=0o644)
     tree.add_bytes('/lab/mce-bios.bin', mce_bios())
     added_libraries: list[str] = []
     if qemu_binary is not None:
@@ -393,17 +436,25 @@ def build_overlay(out: Path, *, config: dict, hooks: dict[str, Path], memhog: Pa
             tree.add_file(f'{hook_dir}/run', source, mode=0o755)
     tree.add_bytes('/lab/config.json', json.dumps(config, indent=1, sort_keys=True).encode())
     tree.write_cpio(out)
-    return {'qemu_libraries_added': added_libraries, 'entries': len(tree.entries)}
+    return {'qemu_libraries_added': added_libraries, 'entries': len(tree.entries),
+            'helpers': sorted(helpers or {}), 'collection_files': len(collection or {})}
 
 
 def compile_memhog(cache: Path) -> Path:
     """Static memhog from src/memhog.c, cached by source hash."""
-    source = SRC_DIR / 'memhog.c'
+    return compile_helper(cache, 'memhog')
+
+
+def compile_helper(cache: Path, name: str) -> Path:
+    """Static helper binary `name` (HELPERS) from its source in src/, cached by source hash."""
+    if name not in HELPERS:
+        raise LabError(f'unknown helper {name!r}; known: {sorted(HELPERS)}')
+    source = SRC_DIR / HELPERS[name]
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    out = cache / f'memhog-{digest}'
+    out = cache / f'{name}-{digest}'
     if not out.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f'memhog-{digest}.part'
+        tmp = cache / f'{name}-{digest}.part'
         proc = subprocess.run(['gcc', '-O2', '-Wall', '-Werror', '-static', '-o', str(tmp), str(source)],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:

@@ -10,7 +10,8 @@ before it runs the first test, so the run that the first test triggers carries a
                          experiments=['qemu-kvm-mce'], points=('after-inject', 'after-migrate'))
 
 The registry and the run cache live here (one module object whatever name the pytest side is
-imported under), so the lab boots once per session and inner QEMU binary.
+imported under), so the lab boots once per session, inner QEMU binary, lab kernel and hook
+choice (lab_run(kernel='6.12', with_hooks=False) is a run of its own).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from . import hostsetup
 from .errors import LabError
 from .harness import REPO_ROOT, Hook, LabRun, run_lab
 
@@ -106,16 +108,34 @@ def _materialize(workdir: Path) -> dict[str, Hook]:
     return hooks
 
 
-def lab_run(qemu_binary: str | os.PathLike | None = None, **kwargs) -> LabRun:
-    """The session's run for this inner QEMU (booted on first use, then cached)."""
+def run_key(qemu_binary: str | os.PathLike | None = None, kernel: str | None = None,
+            with_hooks: bool = True) -> str:
+    """Cache key of a session run; the default kernel and the default hooks keep the old key."""
+    name = hostsetup.kernel_spec(kernel).name
     key = str(qemu_binary or '')
+    if name != hostsetup.DEFAULT_KERNEL:
+        key += f'|kernel={name}'
+    if not with_hooks:
+        key += '|no-hooks'
+    return key
+
+
+def lab_run(qemu_binary: str | os.PathLike | None = None, kernel: str | None = None, with_hooks: bool = True,
+            **kwargs) -> LabRun:
+    """The session's run for this inner QEMU and lab kernel (booted on first use, then cached).
+
+    with_hooks=False boots without the registered hooks (a run that only needs the
+    experiments themselves, e.g. on the second kernel).
+    """
+    key = run_key(qemu_binary, kernel, with_hooks)
     with _lock:
         if key in _failures:  # do not boot again for every test that asks
             raise _failures[key]
         if key not in _runs:
             workdir = Path(tempfile.mkdtemp(prefix='poison-lab-hooks-'))
             try:
-                _runs[key] = run_lab(hooks=_materialize(workdir), qemu_binary=qemu_binary, **kwargs)
+                hooks = _materialize(workdir) if with_hooks else {}
+                _runs[key] = run_lab(hooks=hooks, qemu_binary=qemu_binary, kernel=kernel, **kwargs)
             except LabError as exc:
                 _failures[key] = exc
                 raise
