@@ -142,7 +142,7 @@ def test_production_guest_migrates_between_patched_and_stock_qemu(host, request)
 
         # patched (hv1) -> stock (hv2)
         _virsh(host, "migrate", "--live", "--persistent", "--undefinesource", "--xml", f"/root/{GUEST}-stock.xml",
-               GUEST, f"qemu+tcp://{TARGET}/system")
+               GUEST, f"qemu+tls://{TARGET}/system")
         assert _virsh(target, "domstate", GUEST).stdout.strip() == "running"
         on_stock = _qemu_of(target)
         assert on_stock["exe"] == STOCK and not on_stock["guard"], on_stock
@@ -152,7 +152,7 @@ def test_production_guest_migrates_between_patched_and_stock_qemu(host, request)
         # stock (hv2) -> patched (hv1)
         before = _ticks(host)
         _virsh(target, "migrate", "--live", "--persistent", "--undefinesource", "--xml",
-               f"/root/{GUEST}-patched.xml", GUEST, f"qemu+tcp://{host.backend.get_hostname()}/system")
+               f"/root/{GUEST}-patched.xml", GUEST, f"qemu+tls://{host.backend.get_hostname()}/system")
         assert _virsh(host, "domstate", GUEST).stdout.strip() == "running"
         back = _qemu_of(host)
         assert back["exe"] == PATCHED and back["guard"], back
