@@ -10,9 +10,9 @@ from __future__ import annotations
 import jinja2
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    ControllerAction,
     argument_spec_from_doc,
     read_page_template,
 )
@@ -22,13 +22,8 @@ from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacua
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Render the evacuation report as HTML and write it once."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
 
     def _template_text(self, name):
         return read_page_template(self, name, "evacuation_report.html.j2")

@@ -8,9 +8,12 @@ gathered facts with the rules of plugins/plugin_utils/evacuation_plan.py."""
 from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc, by_host
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    ControllerAction,
+    argument_spec_from_doc,
+    by_host,
+)
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_plan as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_request import format_problems
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_plan import DOCUMENTATION
@@ -18,13 +21,8 @@ from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_plan im
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Make the plan; nothing is contacted or changed."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

@@ -12,10 +12,13 @@ import os
 import time
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc, by_host
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    ControllerAction,
+    argument_spec_from_doc,
+    by_host,
+)
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_report as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_plan import MOVING_ACTIONS
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_request import report_dir_problem
@@ -65,13 +68,8 @@ def write_files(directory, basename, report, lines):
     raise OSError("no free report file name for %s in %s" % (basename, directory))
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Verify, report, decide the exit status; writes only the report files on the controller."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
 
     @staticmethod
     def _from_hostvars(vm_hosts, task_vars):

@@ -14,10 +14,12 @@ import time
 from ansible import context
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    ControllerAction,
+    argument_spec_from_doc,
+)
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
 
@@ -58,13 +60,8 @@ def typed_inputs(values):
     return typed
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Validate the request; nothing is contacted or changed."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

@@ -9,22 +9,19 @@ and the source's transport fact, with the rule of plugins/plugin_utils/evacuatio
 from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    ControllerAction,
+    argument_spec_from_doc,
+)
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_transport import DOCUMENTATION
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Complete the request's migration URIs; nothing is contacted or changed."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

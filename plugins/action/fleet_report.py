@@ -16,9 +16,9 @@ import os
 import jinja2
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    ControllerAction,
     argument_spec_from_doc,
     read_page_template,
 )
@@ -28,13 +28,8 @@ from ansible_collections.kvm_ras.poison_guard.plugins.modules.fleet_report impor
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Start a fleet poison report or merge its parts."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
 
     def _template_text(self, name):
         return read_page_template(self, name, "fleet_report.html.j2")

@@ -11,22 +11,19 @@ Runs on the controller only: builds the host's part from the registered poison_i
 from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
+    ControllerAction,
+    argument_spec_from_doc,
+)
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import fleet_report
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.fleet_report_part import DOCUMENTATION
 
 ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
 
-class ActionModule(ActionBase):
+class ActionModule(ControllerAction):
     """Write one host's part of a fleet poison report."""
-
-    TRANSFERS_FILES = False
-    _requires_connection = False
-    _supports_check_mode = True
-    _supports_async = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)

@@ -9,7 +9,9 @@ Action plugins import from here, never from each other:
   stub in plugins/modules/ is the one source of an action plugin's inputs;
 - ``by_host``: registered loop results keyed by the host each item named;
 - ``read_page_template``: the Jinja2 text of an HTML page, the operator's own (found like any
-  template of the play) or the one the collection ships in playbooks/templates/.
+  template of the play) or the one the collection ships in playbooks/templates/;
+- ``ControllerAction``: the base of the action plugins that work on the controller only (no
+  connection, no files to transfer, check mode, no async).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import yaml
 
 from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.plugins.action import ActionBase
 
 _SPEC_KEYS = ("type", "elements", "choices", "default", "required", "no_log", "aliases")
 # playbooks/templates/ of the collection (plugins/plugin_utils/ -> collection root)
@@ -66,3 +69,13 @@ def read_page_template(action, name, shipped):
             return handle.read()
     except OSError as exc:
         raise AnsibleActionFail("cannot read the HTML template %s: %s" % (path, exc)) from exc
+
+
+class ControllerAction(ActionBase):
+    """An action plugin that works on the controller only: it needs no connection to the host,
+    transfers no files, supports check mode (it changes nothing on hosts) and not async."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+    _supports_async = False
