@@ -41,10 +41,11 @@ __all__ = ['Hook', 'LabRun', 'checks', 'lab_run', 'poison_lab_run', 'register_ho
            'registered_hooks', 'LAB_DIR']
 
 
-def get_run(qemu_binary=None, kernel=None, with_hooks=True) -> LabRun:
-    """lab_run() with pytest semantics: skip when the machine cannot run the lab, else fail."""
+def get_run(qemu_binary=None, kernel=None, with_hooks=True, **kwargs) -> LabRun:
+    """lab_run() with pytest semantics: skip when the machine cannot run the lab, else fail.
+    kwargs go to run_lab (e.g. experiments=[...], part of the session run's key)."""
     try:
-        return lab_run(qemu_binary=qemu_binary, kernel=kernel, with_hooks=with_hooks)
+        return lab_run(qemu_binary=qemu_binary, kernel=kernel, with_hooks=with_hooks, **kwargs)
     except LabUnavailable as exc:
         pytest.skip(f'poison lab cannot run on this machine: {exc}')
     except LabError as exc:

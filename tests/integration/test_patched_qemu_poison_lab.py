@@ -26,6 +26,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 from poison_lab_fixture import checks, get_run, poison_lab_run  # noqa: F401  pylint: disable=unused-import
@@ -115,7 +116,9 @@ def test_patched_binary_comes_from_the_role_package(patched_binary):
     # patched binary loads that package's modules
     stock = subprocess.run(["dpkg-query", "--show", "--showformat=${Version}", "qemu-system-x86"],
                            capture_output=True, text=True, check=True).stdout.strip()
-    assert package["package_version"] == stock + "+poisonguard1"
+    revision = yaml.safe_load((REPO / "roles" / "patched_qemu" / "defaults" / "main.yml").read_text())[
+        "patched_qemu_package_revision"]
+    assert package["package_version"] == stock + f"+poisonguard{revision}"
     assert package["stock_version"] == stock
     assert UPSTREAM_REFUSAL.encode() in patched_binary["binary"].read_bytes()
 

@@ -7,6 +7,16 @@ real (debugfs hwpoison corrupt-pfn or madvise(MADV_HWPOISON)), records what the 
 victim show, runs the registered hooks against the live victim, then touches (memhog) or
 migrates (QEMU) the page and records the outcome.
 
+The qemu-holes experiment migrates a really poisoned guest with the x-poison-holes capability
+(the patched_qemu role's QEMU series): the holes BIOS guest (src/holes_bios.S) fills RAM around
+guest address 0x80000 with a TSC-seeded sequence, the page behind 0x80000 is poisoned with
+corrupt-pfn, and the same source QEMU then meets every case: the guard without the capability,
+the capability on the source only and on the destination only (both refused, the source keeps
+running), then on both sides into a destination QEMU in the same lab VM. It records the
+destination's poison list, its pagemap at the hole, the guest RAM of both sides except the hole
+(sha256 of QEMU's pmemsave), and what the guest's own COM1 log says when it reads the hole on the
+destination. qemu-holes-stock is the control: the same guest on Debian's stock QEMU, migrated.
+
 The uffd-poison experiment does what a migration destination does with a hole it received:
 UFFDIO_POISON (Linux 6.6+) on one page of a userfaultfd-registered anonymous mapping of the
 uffd-poison helper, then records the PTE marker left behind (decoded and classified by the
@@ -19,6 +29,7 @@ Usage:  python3 -u /lab/lab.py /lab/config.json
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -32,6 +43,9 @@ PAGE = 4096
 CORRUPT_PFN = '/sys/kernel/debug/hwpoison/corrupt-pfn'
 EARLY_KILL = '/proc/sys/vm/memory_failure_early_kill'
 MCE_BIOS = '/lab/mce-bios.bin'
+HOLES_BIOS = '/lab/holes-bios.bin'  # src/holes_bios.S: fills RAM, reads the hole on a COM1 byte
+STOCK_QEMU = '/usr/bin/qemu-system-x86_64'  # Debian's QEMU 7.2 in the lab image
+GUEST_RAM = 64 << 20
 HOOKS_DIR = '/lab/hooks'
 COLLECTION_PATH = '/lab/collection'  # replaced by the run configuration's collection_path
 MIGRATE_URI = 'exec:cat > /dev/null'
@@ -56,6 +70,9 @@ EXPERIMENTS = {
     'qemu-kvm-reset': ('qemu', {'accel': 'kvm', 'mce_guest': False, 'gpa': 0x2000000}),
     'qemu-kvm-mce': ('qemu', {'accel': 'kvm', 'mce_guest': True, 'gpa': 0x2345000}),
     'uffd-poison': ('uffd', {'page': 10, 'pages': 64}),
+    # asked for by name only (an inner QEMU with the x-poison-holes series): see holes_experiment
+    'qemu-holes': ('holes', {'source': 'patched', 'gpa': 0x80000}),
+    'qemu-holes-stock': ('holes', {'source': 'stock', 'gpa': 0x80000}),
 }
 UFFD_FEATURE_POISON = 1 << 14
 
@@ -666,12 +683,266 @@ def uffd_poison_experiment(name, hooks, page, pages):
     return result
 
 
+# ----------------------------------------------------------------- holes ----
+class InnerQemu:
+    """An inner QEMU of the hole experiments: KVM, 64 MiB, the holes BIOS, COM1 on a socket
+    (everything the guest prints also logged to a file), QMP on a socket."""
+
+    def __init__(self, name, binary, extra_args, incoming=False):
+        self.name, self.binary = name, binary
+        self.qmp_path, self.com1_path = f'/tmp/{name}-qmp.sock', f'/tmp/{name}-com1.sock'
+        self.serial_path, self.log_path = f'/tmp/{name}-serial.log', f'/tmp/{name}-qemu.log'
+        self.argv = [binary, *extra_args, '-accel', 'kvm', '-m', str(GUEST_RAM >> 20), '-display', 'none',
+                     '-nodefaults', '-name', f'{name},debug-threads=on', '-bios', HOLES_BIOS,
+                     '-chardev', f'socket,id=com1,path={self.com1_path},server=on,wait=off,logfile={self.serial_path}',
+                     '-serial', 'chardev:com1', '-qmp', f'unix:{self.qmp_path},server=on,wait=off']
+        if incoming:  # stays paused after the migration (-S): the hole is checked before the guest runs
+            self.argv += ['-S', '-incoming', 'defer']
+        with open(self.log_path, 'w') as log_file:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                         stderr=subprocess.STDOUT)
+        self.qmp = QMP(self.qmp_path, self.proc)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def state(self):
+        return process_state(self.proc.poll())
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def serial(self):
+        return [line.rstrip('\r') for line in qemu_log_lines(self.serial_path)]
+
+    def log(self):
+        return qemu_log_lines(self.log_path)
+
+    def wait_serial(self, predicate, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(predicate(line) for line in self.serial()):
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.5)
+        return False
+
+    def send(self, data):
+        """Bytes to the guest's COM1 (the BIOS reads the hole on each byte)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(self.com1_path)
+            sock.sendall(data)
+            time.sleep(0.5)
+
+    def set_holes(self, state):
+        return self.qmp.command('migrate-set-capabilities',
+                                {'capabilities': [{'capability': 'x-poison-holes', 'state': state}]})
+
+    def hva(self, gpa):
+        answer = self.qmp.hmp(f'gpa2hva {gpa:#x}')
+        return answer, int(answer.split()[-1], 16)
+
+    def status(self):
+        return self.qmp.command('query-status').get('return') if self.alive() else None
+
+    def dump_sha256(self, start, length):
+        """sha256 of guest RAM [start, start + length) as QEMU's pmemsave writes it."""
+        path = f'/tmp/{self.name}-dump.bin'
+        reply = self.qmp.command('pmemsave', {'val': start, 'size': length, 'filename': path}, timeout=300)
+        if 'error' in reply or not os.path.exists(path):
+            return {'error': json.dumps(reply)}
+        digest, nonzero = hashlib.sha256(), 0
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                digest.update(chunk)
+                nonzero += len(chunk) - chunk.count(0)
+        os.unlink(path)
+        return {'start': hex(start), 'length': length, 'sha256': digest.hexdigest(), 'nonzero_bytes': nonzero}
+
+    def stop(self):
+        if self.alive():
+            self.qmp.command('quit', timeout=20)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        try:
+            return process_state(self.proc.wait(10))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return process_state(self.proc.wait())
+
+
+def migrate_attempt(label, src, uri, holes, dest=None, timeout=180):
+    """One migration of the poisoned source: its capability (None: left as it is), the reply,
+    the states it went through, and how both sides ended."""
+    log(f'{label}: migrate to {uri} with x-poison-holes={holes}')
+    outcome = {'uri': uri, 'holes': holes}
+    if holes is not None:
+        outcome['set_capability'] = src.set_holes(holes)
+    started = time.monotonic()
+    outcome['reply'] = src.qmp.command('migrate', {'uri': uri})
+    outcome['refused'] = 'error' in outcome['reply']
+    states = []
+    while not outcome['refused'] and time.monotonic() - started < timeout and src.alive():
+        reply = src.qmp.command('query-migrate', timeout=10)
+        info = reply.get('return', {})
+        status = info.get('status')
+        if status and (not states or states[-1] != status):
+            states.append(status)
+        if status in ('completed', 'failed', 'cancelled') or 'eof' in reply:
+            outcome['query_migrate'] = info
+            break
+        time.sleep(0.3)
+    if dest is not None and dest.alive():  # a failing destination exits right after the source sees it
+        try:
+            dest.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    outcome['states'] = states
+    outcome['duration_s'] = round(time.monotonic() - started, 3)
+    outcome['source'] = src.state()
+    outcome['source_status'] = src.status()
+    outcome['source_log'] = src.log()
+    if dest is not None:
+        outcome['destination'] = dest.state()
+        outcome['destination_status'] = dest.status()
+        outcome['destination_migrate'] = dest.qmp.command('query-migrate').get('return') if dest.alive() else None
+        outcome['destination_log'] = dest.log()
+    outcome['dmesg'] = dmesg_take(f'{label} after-migrate')
+    log(f'{label}: refused={outcome["refused"]} states={states} source {outcome["source"]["text"]}'
+        + (f', destination {outcome["destination"]["text"]}' if dest is not None else ''))
+    return outcome
+
+
+def incoming(name, qemu, holes, uri):
+    dest = InnerQemu(name, qemu['binary'], qemu['extra_args'], incoming=True)
+    dest.set_holes(holes)
+    dest.qmp.command('migrate-incoming', {'uri': uri})
+    return dest
+
+
+def destination_view(dest, gpa, src):
+    """The destination after a completed migration, before its guest runs: QEMU's poison list,
+    the kernel's pagemap at the hole (and the collection's reading of it), guest RAM except the
+    hole compared with the source's; then the guest reads the hole."""
+    view = {'status': dest.status(), 'hwpoison': dest.qmp.command('x-query-hwpoison')}
+    view['gpa2hva'], hva = dest.hva(gpa)
+    view['hva'] = hex(hva)
+    view['pagemap'] = pagemap_or_error(dest.pid, hva)
+    view['pagemap_neighbours'] = [pagemap_or_error(dest.pid, hva - PAGE), pagemap_or_error(dest.pid, hva + PAGE)]
+    try:
+        view['collection'] = collection_view(COLLECTION_PATH, dest.pid, hva, PAGE, hva, int(view['pagemap']['raw'], 16))
+    except Exception as exc:  # recorded: the checks fail on it with this message
+        view['collection'] = {'error': f'{exc.__class__.__name__}: {exc}'}
+    ranges = [(0, gpa), (gpa + PAGE, GUEST_RAM - gpa - PAGE)]
+    view['ram'] = {'source': [src.dump_sha256(*r) for r in ranges], 'destination': [dest.dump_sha256(*r) for r in ranges]}
+    log(f'destination: hwpoison {view["hwpoison"]}, pagemap {view["pagemap"]}')
+    view['cont'] = dest.qmp.command('cont')
+    time.sleep(1)
+    serial_before = len(dest.serial())
+    dest.send(b'r')
+    dest.wait_serial(lambda line: line.endswith(' AR') or (line.startswith('VALUE ') and len(line) == 14), 60)
+    time.sleep(1)
+    view['guest_read'] = dest.serial()[serial_before:]
+    view['after_read'] = dest.state()
+    view['status_after_read'] = dest.status()
+    view['hwpoison_after_read'] = dest.qmp.command('x-query-hwpoison') if dest.alive() else None
+    view['log'] = dest.log()
+    view['events'] = dest.qmp.events
+    view['dmesg'] = dmesg_take('destination after-read')
+    log(f'destination guest read of the hole: {view["guest_read"]}; QEMU {view["after_read"]["text"]}')
+    return view
+
+
+def holes_experiment(name, hooks, qemu, source, gpa):
+    patched = (qemu['binary'], qemu['extra_args'])
+    binary, extra_args = patched if source == 'patched' else (STOCK_QEMU, [])
+    result = {'experiment': name, 'victim': 'qemu-holes', 'source': source, 'qemu_binary': binary, 'gpa': hex(gpa),
+              'early_kill': 0, 'swap_areas': swap_areas()}
+    if not os.path.exists('/dev/kvm'):
+        result['error'] = 'no /dev/kvm in the lab VM (kvm_amd did not load)'
+        return result
+    write_file(EARLY_KILL, 0)
+    dmesg_take('pre')
+    started = time.monotonic()
+    qemus = []
+    try:
+        src = InnerQemu(f'{name}-src', binary, extra_args)
+        qemus.append(src)
+        result['argv'] = src.argv
+        greeting = src.qmp.greeting or {}
+        result['qemu_version'] = greeting.get('QMP', {}).get('version', {}).get('package')
+        result['qmp_ready_s'] = round(time.monotonic() - started, 3)
+        result['pid'] = src.pid
+        result['cont'] = src.qmp.command('cont')
+        result['guest_ready'] = src.wait_serial(lambda line: line == 'READY', 300)
+        result['ready_s'] = round(time.monotonic() - started, 3)
+        result['gpa2hva'], hva = src.hva(gpa)
+        before = pagemap_entry(src.pid, hva)
+        pfn = int(before['pfn'], 16)
+        result.update(hva=hex(hva), vaddr=hex(hva), pfn=hex(pfn), pagemap_before=before,
+                      kpageflags_before=kpageflags(pfn))
+        if source == 'patched':
+            result['hwpoison_before'] = src.qmp.command('x-query-hwpoison')
+        log(f'{name}: QEMU pid {src.pid} gpa {gpa:#x} hva {hva:#x} pfn {pfn:#x}, poisoning')
+        result['inject'] = inject_corrupt_pfn(pfn)
+        src.qmp.wait_event('MEMORY_FAILURE', 30)
+        # the guest's handler of QEMU's action-optional report (a complete line)
+        src.wait_serial(lambda line: line.startswith('MCE ') and line.endswith((' AO', ' AR')), 30)
+        after = kernel_view(f'{name} after-inject', src.pid, hva, pfn)
+        after['victim'] = src.state()
+        after['status'] = src.status()
+        after['guest_serial'] = src.serial()
+        if source == 'patched' and src.alive():
+            after['hwpoison'] = src.qmp.command('x-query-hwpoison')
+        after['qemu_log'] = src.log()
+        result['after_inject'] = after
+        result['hooks'] = {'after-inject': hooks.run(name, 'after-inject', {
+            'LAB_VICTIM_PID': src.pid, 'LAB_VICTIM_COMM': read_text(f'/proc/{src.pid}/comm'), 'LAB_VICTIM_IS_QEMU': 1,
+            'LAB_VICTIM_ALIVE': int(src.alive()), 'LAB_VADDR': hex(hva), 'LAB_HVA': hex(hva), 'LAB_PFN': hex(pfn),
+            'LAB_GPA': hex(gpa), 'LAB_QEMU_NAME': src.name, 'LAB_QEMU_LOG': src.log_path,
+            'LAB_QEMU_BINARY': binary, 'LAB_QEMU_ACCEL': 'kvm'})}
+        attempts = result['attempts'] = {}
+        if not src.alive():
+            return result
+        if source == 'stock':
+            attempts['plain'] = migrate_attempt(f'{name} plain', src, MIGRATE_URI, None)
+            return result
+        attempts['guard'] = migrate_attempt(f'{name} guard', src, MIGRATE_URI, False)
+        uri_other = f'unix:/tmp/{name}-other-mig.sock'
+        other = incoming(f'{name}-other', qemu, False, uri_other)
+        qemus.append(other)
+        attempts['source-only'] = migrate_attempt(f'{name} source-only', src, uri_other, True, other)
+        uri_dest = f'unix:/tmp/{name}-dest-mig.sock'
+        dest = incoming(f'{name}-dest', qemu, True, uri_dest)
+        qemus.append(dest)
+        attempts['destination-only'] = migrate_attempt(f'{name} destination-only', src, uri_dest, False, dest)
+        attempts['holes'] = migrate_attempt(f'{name} holes', src, uri_dest, True, dest)
+        if attempts['holes'].get('states', [None])[-1:] == ['completed'] and dest.alive():
+            result['destination'] = destination_view(dest, gpa, src)
+        return result
+    finally:
+        result['duration_inner_s'] = round(time.monotonic() - started, 3)
+        if qemus:
+            result['events'] = qemus[0].qmp.events
+        result['exits'] = {q.name: q.stop() for q in qemus}
+        if qemus:
+            result['victim_exit'] = result['exits'][qemus[0].name]
+            result['guest_serial'] = qemus[0].serial()
+        log(f'{name}: QEMU exits {json.dumps({k: v["text"] for k, v in result["exits"].items()})}')
+
+
 def run_experiment(name, hooks, qemu):
     victim, params = EXPERIMENTS[name]
     if victim == 'memhog':
         return memhog_experiment(name, hooks, **params)
     if victim == 'uffd':
         return uffd_poison_experiment(name, hooks, **params)
+    if victim == 'holes':
+        return holes_experiment(name, hooks, qemu, **params)
     return qemu_experiment(name, hooks, qemu, **params)
 
 
@@ -682,7 +953,7 @@ def main(config_path):
     COLLECTION_PATH = config.get('collection_path', COLLECTION_PATH)
     hooks = Hooks(config.get('hooks', []))
     qemu = config['qemu']
-    names = config.get('experiments') or list(EXPERIMENTS)
+    names = config.get('experiments') or [name for name, (victim, dummy) in EXPERIMENTS.items() if victim != 'holes']
     log(f'kernel {os.uname().release}; HardwareCorrupted {hardware_corrupted_kb()} kB; '
         f'/dev/kvm {"present" if os.path.exists("/dev/kvm") else "absent"}; '
         f'hwpoison injector {"present" if os.path.exists(CORRUPT_PFN) else "absent"}; experiments {names}')

@@ -22,6 +22,10 @@ SIGBUS, SIGABRT = 7, 6
 BUS_MCEERR_AR, BUS_MCEERR_AO = 4, 5
 DEFAULT_EXPERIMENTS = ['memhog-late', 'memhog-early', 'memhog-madvise', 'qemu-tcg', 'qemu-kvm-reset', 'qemu-kvm-mce',
                        'uffd-poison']
+# Run only when asked for (they need an inner QEMU with the x-poison-holes series, see
+# tests/integration/test_poison_lab_holes.py): migration of a really poisoned guest with its hole.
+HOLES_EXPERIMENTS = ['qemu-holes', 'qemu-holes-stock']
+KNOWN_EXPERIMENTS = DEFAULT_EXPERIMENTS + HOLES_EXPERIMENTS
 # userfaultfd ABI (include/uapi/linux/userfaultfd.h, Linux 6.6+)
 UFFD_FEATURE_POISON = 1 << 14
 UFFDIO_POISON_IOCTL_BIT = 1 << 0x08  # _UFFDIO_POISON in the ioctls mask of UFFDIO_REGISTER
@@ -223,6 +227,106 @@ def _qemu(c: _Checks, r: dict, pfn: int, migration_guard: bool | None) -> None:
                                                       for line in migrate.get('dmesg', [])), migrate.get('dmesg'))
 
 
+def _holes_refused(c: _Checks, prefix: str, attempt: dict) -> None:
+    error = attempt.get('reply', {}).get('error', {})
+    c.add(f'{prefix}-refused-with-guard', error.get('class') == 'GenericError' and error.get('desc') == REFUSAL,
+          attempt.get('reply'))
+    c.add(f'{prefix}-source-keeps-running', attempt.get('source', {}).get('alive')
+          and (attempt.get('source_status') or {}).get('status') == 'running', (attempt.get('source'),
+                                                                                attempt.get('source_status')))
+
+
+def _holes_failed(c: _Checks, prefix: str, attempt: dict, destination_says: str) -> None:
+    """The source started, the destination refused the stream: it exited with the reason, the
+    source's migration failed and its guest runs on."""
+    c.add(f'{prefix}-migration-failed', attempt.get('reply', {}).get('return') == {}
+          and attempt.get('states', [None])[-1] == 'failed', (attempt.get('reply'), attempt.get('states')))
+    log = attempt.get('destination_log', [])
+    c.add(f'{prefix}-destination-says-why', any(destination_says in line for line in log), log[-10:])
+    c.add(f'{prefix}-destination-exited', attempt.get('destination', {}).get('exit_code') == 1,
+          attempt.get('destination'))
+    c.add(f'{prefix}-source-keeps-running', attempt.get('source', {}).get('alive')
+          and (attempt.get('source_status') or {}).get('status') == 'running', (attempt.get('source'),
+                                                                                attempt.get('source_status')))
+
+
+def _listed(reply: dict | None, gpa: int | None) -> bool:
+    """Does an x-query-hwpoison reply list exactly the page at guest address gpa?"""
+    pages = (reply or {}).get('return')
+    return (isinstance(pages, list) and len(pages) == 1 and pages[0].get('gpa') == gpa
+            and pages[0].get('block') == 'pc.ram' and pages[0].get('offset') == gpa
+            and pages[0].get('page-size') == PAGE_SIZE)
+
+
+def _holes(c: _Checks, r: dict) -> None:
+    """qemu-holes / qemu-holes-stock: migrating a really poisoned guest (see guest/lab.py)."""
+    pfn, gpa, hva = as_int(r.get('pfn')), as_int(r.get('gpa')), r.get('hva')
+    _common(c, r, pfn)
+    after = r.get('after_inject', {})
+    c.add('guest-ready', r.get('guest_ready'), r.get('guest_serial'))
+    c.add('victim-alive-after-injection', after.get('victim', {}).get('alive'), after.get('victim'))
+    ok, detail = hwpoison_entry(after.get('pagemap'), after.get('kpageflags', {}), pfn, r.get('swap_areas', 0))
+    c.add('hwpoison-pagemap-entry', ok, detail)
+    failure = events({'events': r.get('events', [])}, 'MEMORY_FAILURE')
+    c.add('qmp-memory-failure-inject', failure and failure[0]['data'].get('action') == 'inject', r.get('events'))
+    qemu_log = '\n'.join(after.get('qemu_log', []))
+    c.add('qemu-log-guest-mce', f'Guest MCE Memory Error at QEMU addr {hva} and GUEST addr {r.get("gpa")}' in qemu_log,
+          qemu_log[-1500:])
+    serial = after.get('guest_serial', [])
+    c.add('guest-handled-ao-machine-check', any(line.startswith('MCE ') and line.endswith(' AO') for line in serial),
+          serial)
+    attempts = r.get('attempts', {})
+    if r.get('source') == 'stock':
+        plain = attempts.get('plain', {})
+        c.add('migration-started', plain.get('reply', {}).get('return') == {}, plain.get('reply'))
+        c.add('migration-crashed-qemu-sigbus', plain.get('source', {}).get('signal') == SIGBUS, plain.get('source'))
+        c.add('dmesg-mce-killing-live-migration', any('MCE: Killing live_migration:' in line
+                                                      for line in plain.get('dmesg', [])), plain.get('dmesg'))
+        return
+    c.add('hwpoison-list-empty-before', (r.get('hwpoison_before') or {}).get('return') == [], r.get('hwpoison_before'))
+    c.add('source-lists-the-poisoned-page', _listed(after.get('hwpoison'), gpa), after.get('hwpoison'))
+    _holes_refused(c, 'guard', attempts.get('guard', {}))
+    _holes_failed(c, 'source-only', attempts.get('source-only', {}),
+                  'Capability x-poison-holes is off, but received capability is on')
+    _holes_refused(c, 'destination-only', attempts.get('destination-only', {}))
+    holes = attempts.get('holes', {})
+    if not expects_uffd_poison(r.get('kernel_release')):
+        _holes_failed(c, 'no-uffdio-poison', holes, "x-poison-holes: this host's kernel cannot poison a page")
+        return
+    c.add('holes-migration-completed', holes.get('states', [None])[-1] == 'completed', holes.get('states'))
+    c.add('source-survives-without-sigbus', holes.get('source', {}).get('alive')
+          and (holes.get('source_status') or {}).get('status') == 'postmigrate', (holes.get('source'),
+                                                                                  holes.get('source_status')))
+    dest = r.get('destination', {})
+    c.add('destination-lists-the-hole', _listed(dest.get('hwpoison'), gpa), dest.get('hwpoison'))
+    entry = decode_pagemap(dest.get('pagemap', {}).get('raw'))
+    collection = dest.get('collection', {})
+    marker_type = collection.get('facts', {}).get('pte_marker_swap_type')
+    c.add('destination-pagemap-poisoned-marker', entry.get('swap_format')
+          and entry['swap_offset'] == PTE_MARKER_POISONED and marker_type is not None
+          and entry['swap_type'] == marker_type, f'{entry}; derived PTE marker type {marker_type}')
+    scans = collection.get('scans', {})
+    classified = [[h.get('hva') for h in s.get('holes', []) if h.get('source') == 'pte_marker_poisoned']
+                  for s in scans.values()]
+    c.add('collection-finds-the-hole-on-destination', 'error' not in collection and scans
+          and all(found == [dest.get('hva')] for found in classified), collection.get('error') or scans)
+    ram = dest.get('ram', {})
+    source_ram, dest_ram = ram.get('source', []), ram.get('destination', [])
+    c.add('guest-ram-identical-except-hole', len(source_ram) == 2 and len(dest_ram) == 2
+          and all('sha256' in part for part in source_ram + dest_ram)
+          and [p['sha256'] for p in source_ram] == [p['sha256'] for p in dest_ram], ram)
+    c.add('guest-ram-holds-the-pattern', len(source_ram) == 2
+          and all((part.get('nonzero_bytes') or 0) > 0 for part in source_ram), source_ram)
+    read = dest.get('guest_read', [])
+    c.add('destination-guest-read-machine-check', 'READ' in read
+          and any(line.startswith('MCE ') and line.endswith(' AR') for line in read)
+          and not any(line.startswith('VALUE') for line in read), read)
+    dest_log = '\n'.join(dest.get('log', []))
+    c.add('destination-qemu-log-guest-mce-ar', f'GUEST addr {r.get("gpa")} of type BUS_MCEERR_AR injected' in dest_log,
+          dest_log[-1500:])
+    c.add('destination-alive-after-read', dest.get('after_read', {}).get('alive'), dest.get('after_read'))
+
+
 def kernel_version(release) -> tuple[int, int] | None:
     """'6.12.95+deb12-amd64' -> (6, 12); None when unparsable."""
     match = re.match(r'^(\d+)\.(\d+)', str(release or ''))
@@ -346,6 +450,8 @@ def evaluate(results: dict[str, dict], experiments: list[str] | None = None,
             c.add('no-error', False, r['error'])
         elif r.get('victim') == 'uffd':
             _uffd(c, r)
+        elif r.get('victim') == 'qemu-holes':
+            _holes(c, r)
         else:
             pfn = as_int(r.get('pfn'))
             _common(c, r, pfn)

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser('run', help='boot the lab and check every experiment')
     _add_kernel_option(run, 'the kernel the lab VM boots')
     run.add_argument('-e', '--experiments', default=None,
-                     help=f'comma-separated subset of {",".join(harness.EXPERIMENTS)}')
+                     help=f'comma-separated subset of {",".join(harness.KNOWN_EXPERIMENTS)} '
+                          f'(default {",".join(harness.EXPERIMENTS)})')
     run.add_argument('--hook', action='append', type=_hook_arg, default=[], metavar='NAME=PATH',
                      help='executable or directory with an executable "run"; runs after every injection')
     run.add_argument('--hook-after-migrate', action='store_true', help='also run the hooks after the migrate attempt')

@@ -31,7 +31,8 @@ from .errors import LabError, LabUnavailable
 LAB_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = LAB_DIR.parent.parent
 DEFAULT_WORKDIR = REPO_ROOT / 'lab' / 'state' / 'poison'
-EXPERIMENTS = list(checks.DEFAULT_EXPERIMENTS)
+EXPERIMENTS = list(checks.DEFAULT_EXPERIMENTS)  # a run's default
+KNOWN_EXPERIMENTS = list(checks.KNOWN_EXPERIMENTS)  # what a run may ask for
 HOOK_POINTS = ('after-inject', 'after-migrate')
 GUEST_QEMU = '/usr/bin/qemu-system-x86_64'
 ALT_QEMU = '/lab/qemu/qemu-system-x86_64'
@@ -144,9 +145,10 @@ def prepare(workdir: Path | None = None, install_packages: bool = True, kernel: 
     memhog = initramfs.compile_memhog(workdir / 'build')
     helpers = {name: initramfs.compile_helper(workdir / 'build', name) for name in initramfs.HELPERS
                if name != 'memhog'}
+    firmware = initramfs.assemble_firmware(workdir / 'build')
     timings['build_s'] = time.monotonic() - mark
-    return {'kernel': kernel_package, 'base': base, 'memhog': memhog, 'helpers': helpers, 'timings': timings,
-            'installed': installed}
+    return {'kernel': kernel_package, 'base': base, 'memhog': memhog, 'helpers': helpers, 'firmware': firmware,
+            'timings': timings, 'installed': installed}
 
 
 def _validate(experiments, hooks, qemu_binary, kernel=None):
@@ -154,9 +156,9 @@ def _validate(experiments, hooks, qemu_binary, kernel=None):
     if isinstance(experiments, str):
         raise LabError(f'experiments must be a list of names, not the string {experiments!r}')
     names = list(experiments) if experiments is not None else list(EXPERIMENTS)
-    unknown = [n for n in names if n not in EXPERIMENTS]
+    unknown = [n for n in names if n not in KNOWN_EXPERIMENTS]
     if unknown or not names:
-        raise LabError(f'unknown or no experiments {unknown or names}; known: {EXPERIMENTS}')
+        raise LabError(f'unknown or no experiments {unknown or names}; known: {KNOWN_EXPERIMENTS}')
     resolved: dict[str, tuple[Path, Hook]] = {}
     for name, hook in (hooks or {}).items():
         if not isinstance(hook, Hook):
@@ -170,9 +172,9 @@ def _validate(experiments, hooks, qemu_binary, kernel=None):
         if bad_points or not hook.points:
             raise LabError(f'hook {name}: unknown points {bad_points or hook.points}; known: {HOOK_POINTS}')
         if hook.experiments is not None:
-            bad = [e for e in hook.experiments if e not in EXPERIMENTS]
+            bad = [e for e in hook.experiments if e not in KNOWN_EXPERIMENTS]
             if bad:
-                raise LabError(f'hook {name}: unknown experiments {bad}; known: {EXPERIMENTS}')
+                raise LabError(f'hook {name}: unknown experiments {bad}; known: {KNOWN_EXPERIMENTS}')
         resolved[name] = (path, hook)
     qemu = None
     if qemu_binary is not None:
@@ -188,7 +190,7 @@ def run_lab(experiments: list[str] | None = None, hooks: dict[str, Hook | str | 
             max_attempts: int = 2, memory_mib: int = 2048, echo: bool = False) -> LabRun:
     """Boot the poison lab once (plus one retry on a panic/missing end marker); see module doc.
 
-    experiments: subset/order of EXPERIMENTS (default all).
+    experiments: names from KNOWN_EXPERIMENTS, in run order (default: EXPERIMENTS).
     hooks: name -> Hook (or a plain path = Hook(path): every experiment, after-inject).
     qemu_binary: the INNER QEMU to use instead of the host's Debian one (copied into the VM with
                  its libraries, run with -L firmware paths).
@@ -222,7 +224,8 @@ def run_lab(experiments: list[str] | None = None, hooks: dict[str, Hook | str | 
         overlay_info = initramfs.build_overlay(
             run_dir / 'overlay.cpio', config=config, hooks={n: p for n, (p, dummy) in resolved_hooks.items()},
             memhog=prepared['memhog'], base_paths=set(manifest['paths']), qemu_binary=qemu,
-            helpers=prepared['helpers'], collection=initramfs.collection_files(REPO_ROOT))
+            helpers=prepared['helpers'], collection=initramfs.collection_files(REPO_ROOT),
+            firmware=prepared['firmware'])
         initrd = run_dir / 'initrd.cpio'
         with initrd.open('wb') as out:
             for part in (base / 'base.cpio', run_dir / 'overlay.cpio'):

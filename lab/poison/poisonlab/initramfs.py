@@ -35,6 +35,9 @@ SRC_DIR = LAB_DIR / 'src'
 # import each other by their full names, as in a module's AnsiballZ payload)
 COLLECTION_GUEST_ROOT = '/lab/collection'
 HELPERS = {'memhog': 'memhog.c', 'uffd-poison': 'uffd_poison.c'}
+# firmware images assembled from src/ (GNU as, 16-bit real mode) -> guest path
+FIRMWARE = {'holes_bios.S': '/lab/holes-bios.bin'}
+FIRMWARE_SIZE = 65536
 
 BUSYBOX = Path('/bin/busybox')
 HOST_QEMU = Path('/usr/bin/qemu-system-x86_64')
@@ -395,11 +398,13 @@ def collection_files(repo_root: Path) -> dict[str, Path]:
 
 def build_overlay(out: Path, *, config: dict, hooks: dict[str, Path], memhog: Path,
                   base_paths: set[str], qemu_binary: Path | None,
-                  helpers: dict[str, Path] | None = None, collection: dict[str, Path] | None = None) -> dict:
+                  helpers: dict[str, Path] | None = None, collection: dict[str, Path] | None = None,
+                  firmware: dict[str, Path] | None = None) -> dict:
     """Write the per-run overlay cpio; return what went into it (for the run record).
 
     helpers: name -> static binary, installed as /usr/bin/<name> (memhog is one of them);
-    collection: guest path -> host file (collection_files()).
+    collection: guest path -> host file (collection_files());
+    firmware: guest path -> assembled image (assemble_firmware()).
     """
     tree = Tree()
     tree.add_file('/init', GUEST_DIR / 'init', mode=0o755)
@@ -410,6 +415,8 @@ def build_overlay(out: Path, *, config: dict, hooks: dict[str, Path], memhog: Pa
     for path, source in (collection or {}).items():
         tree.add_file(path, source, mode=0o644)
     tree.add_bytes('/lab/mce-bios.bin', mce_bios())
+    for path, image in (firmware or {}).items():
+        tree.add_file(path, image, mode=0o644)
     added_libraries: list[str] = []
     if qemu_binary is not None:
         at = config['qemu']['binary']
@@ -461,3 +468,29 @@ def compile_helper(cache: Path, name: str) -> Path:
             raise LabError(f'compiling {source} failed:\n{proc.stderr}')
         tmp.rename(out)
     return out
+
+
+def assemble_firmware(cache: Path) -> dict[str, Path]:
+    """Every FIRMWARE image (guest path -> file), assembled from src/ with GNU as and ld,
+    cached by source hash; each must come out as one FIRMWARE_SIZE BIOS image."""
+    images = {}
+    for source_name, guest_path in FIRMWARE.items():
+        source = SRC_DIR / source_name
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+        stem = source_name.rsplit('.', 1)[0]
+        out = cache / f'{stem}-{digest}.bin'
+        if not out.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            obj, tmp = cache / f'{stem}-{digest}.o', cache / f'{stem}-{digest}.part'
+            for argv in (['as', '--32', '-o', str(obj), str(source)],
+                         ['ld', '-m', 'elf_i386', '-Ttext', '0', '--oformat', 'binary', '-o', str(tmp), str(obj)]):
+                proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise LabError(f'{argv[0]} {source} failed:\n{proc.stderr}')
+            obj.unlink()
+            if tmp.stat().st_size != FIRMWARE_SIZE:
+                raise LabError(f'{source} assembled to {tmp.stat().st_size} bytes, not a {FIRMWARE_SIZE}-byte BIOS '
+                               'image: keep its final ".org" at the image size')
+            tmp.rename(out)
+        images[guest_path] = out
+    return images

@@ -109,14 +109,16 @@ def _materialize(workdir: Path) -> dict[str, Hook]:
 
 
 def run_key(qemu_binary: str | os.PathLike | None = None, kernel: str | None = None,
-            with_hooks: bool = True) -> str:
-    """Cache key of a session run; the default kernel and the default hooks keep the old key."""
+            with_hooks: bool = True, experiments: list[str] | tuple[str, ...] | None = None) -> str:
+    """Cache key of a session run; the default kernel, hooks and experiments keep the old key."""
     name = hostsetup.kernel_spec(kernel).name
     key = str(qemu_binary or '')
     if name != hostsetup.DEFAULT_KERNEL:
         key += f'|kernel={name}'
     if not with_hooks:
         key += '|no-hooks'
+    if experiments is not None:
+        key += '|experiments=' + ','.join(experiments)
     return key
 
 
@@ -127,7 +129,7 @@ def lab_run(qemu_binary: str | os.PathLike | None = None, kernel: str | None = N
     with_hooks=False boots without the registered hooks (a run that only needs the
     experiments themselves, e.g. on the second kernel).
     """
-    key = run_key(qemu_binary, kernel, with_hooks)
+    key = run_key(qemu_binary, kernel, with_hooks, kwargs.get('experiments'))
     with _lock:
         if key in _failures:  # do not boot again for every test that asks
             raise _failures[key]

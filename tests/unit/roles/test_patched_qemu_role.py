@@ -101,7 +101,18 @@ def test_patch_series_match_their_directory(role_vars):
             assert entry["file"].startswith(f"patches/{series}/"), entry
 
 
-@pytest.mark.parametrize("patch", _patch_files(), ids=lambda p: p.parent.name)
+GUARD_PATCHES = [p for p in _patch_files() if p.name.startswith("0001-")]
+SERIES_72 = ["0002-linux-headers-add-UFFDIO_POISON-and-UFFD_FEATURE_POISON.patch",
+             "0003-util-userfaultfd-add-uffd_poison_page.patch",
+             "0004-kvm-query-the-hardware-poison-list-x-query-hwpoison.patch",
+             "0005-migration-add-x-poison-holes.patch"]
+
+
+def _added(text: str) -> list[str]:
+    return [line[1:] for line in text.splitlines() if line.startswith("+") and not line.startswith("+++")]
+
+
+@pytest.mark.parametrize("patch", GUARD_PATCHES, ids=lambda p: p.parent.name)
 def test_patch_adds_the_upstream_guard(patch):
     """The patch adds the upstream check with, word for word, the collection's message."""
     text = patch.read_text()
@@ -116,6 +127,52 @@ def test_patch_adds_the_upstream_guard(patch):
     # only additions: the backport removes nothing from the distro source
     assert not [line for line in text.splitlines() if line.startswith("-") and not line.startswith("---")]
     assert re.search(r"^Origin: upstream, .*06152b89", text, re.M)
+
+
+def test_every_series_starts_with_the_guard(role_vars):
+    assert GUARD_PATCHES and all(p.parent.name in role_vars["patched_qemu_patches"] for p in GUARD_PATCHES)
+    for series, files in role_vars["patched_qemu_patches"].items():
+        assert files[0]["file"].split("/")[-1].startswith("0001-migration-prevent-migration"), series
+
+
+def test_72_carries_the_poison_holes_series_in_order(role_vars):
+    """The x-poison-holes series comes after the guard, in the order its patches build on each
+    other (the role applies them in list order), each a git format-patch mail with a sign-off."""
+    names = [entry["file"].split("/")[-1] for entry in role_vars["patched_qemu_patches"]["7.2"]]
+    assert names[1:] == SERIES_72
+    for number, name in enumerate(SERIES_72, start=1):
+        text = (ROLE / "files" / "patches" / "7.2" / name).read_text()
+        assert re.search(rf"^Subject: \[PATCH {number}/4\] ", text, re.M), name
+        assert re.search(r"^Signed-off-by: .+ <.+>$", text, re.M), name
+    cover = (ROLE / "files" / "patches" / "7.2" / "x-poison-holes-cover-letter.txt").read_text()
+    assert re.search(r"^Subject: \[PATCH 0/4\] migration: ", cover, re.M)
+    for number, name in enumerate(SERIES_72, start=1):  # the cover letter's shortlog names every patch
+        subject = re.search(r"^Subject: \[PATCH \d/4\] (.+)$", (ROLE / "files" / "patches" / "7.2" / name).read_text(),
+                            re.M).group(1)
+        assert subject.split(",")[0][:40] in " ".join(cover.split()), subject
+
+
+def test_poison_holes_series_keeps_the_guard_and_adds_the_capability():
+    """What the series promises, read from its added lines: the guard still refuses without the
+    capability (its message untouched), the capability and its QMP command exist, a hole is
+    never read, and the destination installs it with UFFDIO_POISON."""
+    texts = {name: (ROLE / "files" / "patches" / "7.2" / name).read_text() for name in SERIES_72}
+    migration = _added(texts[SERIES_72[3]])
+    assert any(line.strip() == "if (kvm_hwpoisoned_mem() && !migrate_poison_holes()) {" for line in migration)
+    assert not any(UPSTREAM_REFUSAL[:30] in line for line in texts[SERIES_72[3]].splitlines()
+                   if line.startswith("-") and not line.startswith("---"))
+    assert any("{ 'name': 'x-poison-holes', 'features': [ 'unstable' ] }" in line for line in migration)
+    assert any("#define RAM_SAVE_FLAG_POISON" in line for line in migration)
+    assert any("uffd_poison_page(" in line for line in migration)
+    assert any("case MIGRATION_CAPABILITY_X_POISON_HOLES:" in line for line in migration)  # validated capability
+    # the hole check comes before anything that reads the page
+    hunk = texts[SERIES_72[3]]
+    assert hunk.index("+    if (save_poison_hole(rs, block, offset, &res)) {") < hunk.index(" if (control_save_page(rs, block")
+    kvm = _added(texts[SERIES_72[2]])
+    assert any("{ 'command': 'x-query-hwpoison'," in line for line in kvm)
+    assert any(line.strip() == "bool kvm_hwpoisoned_range(ram_addr_t start, ram_addr_t length)" for line in kvm)
+    headers = _added(texts[SERIES_72[0]])
+    assert any(line.startswith("#define UFFD_FEATURE_POISON") and "(1<<14)" in line for line in headers)
 
 
 def test_known_sources_are_pinned_by_dsc_sha256(role_vars):
