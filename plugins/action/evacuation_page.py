@@ -11,40 +11,30 @@ import jinja2
 
 from ansible.errors import AnsibleActionFail
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
-    ControllerAction,
-    argument_spec_from_doc,
-    read_page_template,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_page import DOCUMENTATION
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_page
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
-
-class ActionModule(ControllerAction):
+class ActionModule(action_support.ControllerAction):
     """Render the evacuation report as HTML and write it once."""
 
-    def _template_text(self, name):
-        return read_page_template(self, name, "evacuation_report.html.j2")
+    argument_spec = action_support.argument_spec_from_doc(DOCUMENTATION)
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # nothing is transferred
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, args, result, task_vars):
         report = args["report"]
         try:
             evacuation_page.check_report(report)
             path = evacuation_page.page_path(report, args["path"])
-            html = evacuation_page.render_html(report, self._template_text(args["html_template"]))
+            template_text = action_support.read_page_template(self, args["html_template"], "evacuation_report.html.j2")
+            html = evacuation_page.render_html(report, template_text)
             chart_mode = evacuation_page.timeline(report)["mode"]
             if not self._task.check_mode:
                 evacuation_page.write_page(path, html)
         except evacuation_page.PageInputError as exc:
             raise AnsibleActionFail(str(exc)) from exc
         except jinja2.TemplateError as exc:
-            raise AnsibleActionFail("the HTML template %s cannot be rendered: %s" % (
-                args["html_template"] or "evacuation_report.html.j2", exc)) from exc
+            raise action_support.page_template_error(args["html_template"], "evacuation_report.html.j2", exc) from exc
         except OSError as exc:
             raise AnsibleActionFail("cannot write the evacuation page %s on the controller: %s" % (path, exc)) from exc
         # The page is the run's record on the controller, not a change to a managed host

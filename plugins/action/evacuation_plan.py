@@ -9,25 +9,18 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
-    ControllerAction,
-    argument_spec_from_doc,
-    by_host,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_plan as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_request import format_problems
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_plan import DOCUMENTATION
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
-
-class ActionModule(ControllerAction):
+class ActionModule(action_support.ControllerAction):
     """Make the plan; nothing is contacted or changed."""
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    argument_spec = action_support.argument_spec_from_doc(DOCUMENTATION)
+
+    def act(self, args, result, task_vars):
         request = args["request"]
         source = args["source"]
         if source.get("failed") or not source.get("libvirt_ok", True):
@@ -38,8 +31,8 @@ class ActionModule(ControllerAction):
                 raise AnsibleActionFail("the %s step failed, so the evacuation cannot decide and stops before any "
                                         "change (fail closed): %s" % (name, args[name].get("msg") or "no message"))
         try:
-            plan = rules.build_plan(request, source, by_host(args["targets"]), args["poison_info"], args["gate"],
-                                    preflight=args["preflight"])
+            plan = rules.build_plan(request, source, action_support.by_host(args["targets"]), args["poison_info"],
+                                    args["gate"], preflight=args["preflight"])
         except rules.EvacuationInputError as exc:
             raise AnsibleActionFail(str(exc), result={"problems": exc.problems}) from exc
         lines = rules.render_plan(plan, request, check_mode=args["check_mode"])

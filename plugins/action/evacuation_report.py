@@ -14,17 +14,12 @@ import time
 from ansible.errors import AnsibleActionFail
 from ansible.utils.display import Display
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
-    ControllerAction,
-    argument_spec_from_doc,
-    by_host,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_report as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_plan import MOVING_ACTIONS
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_request import report_dir_problem
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_report import DOCUMENTATION
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 display = Display()
 
 
@@ -68,8 +63,10 @@ def write_files(directory, basename, report, lines):
     raise OSError("no free report file name for %s in %s" % (basename, directory))
 
 
-class ActionModule(ControllerAction):
+class ActionModule(action_support.ControllerAction):
     """Verify, report, decide the exit status; writes only the report files on the controller."""
+
+    argument_spec = action_support.argument_spec_from_doc(DOCUMENTATION)
 
     @staticmethod
     def _from_hostvars(vm_hosts, task_vars):
@@ -100,13 +97,9 @@ class ActionModule(ControllerAction):
                 outcomes.append(rules.vm_outcome(vm, results_by_name.get(vm["name"])))
         return outcomes
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
-        task_vars = task_vars or {}
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, args, result, task_vars):
         request, plan, run = args["request"], args["plan"], dict(args["run"])
-        states = by_host(args["states"])
+        states = action_support.by_host(args["states"])
         result["changed"] = False
         result["restore"] = rules.restore_candidates(plan, states)
         if not args["write"]:

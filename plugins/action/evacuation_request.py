@@ -16,14 +16,11 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.utils.display import Display
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
-    ControllerAction,
-    argument_spec_from_doc,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_request import DOCUMENTATION
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
+ARGUMENT_SPEC = action_support.argument_spec_from_doc(DOCUMENTATION)
 HOSTVAR_KEYS = ("kvm_ras_migration_uri", "kvm_ras_migration_address", "ansible_host")
 # The task takes every documented option as given; typed_inputs types them, so that a value of
 # the wrong type is reported with every other problem of the request.
@@ -60,16 +57,14 @@ def typed_inputs(values):
     return typed
 
 
-class ActionModule(ControllerAction):
+class ActionModule(action_support.ControllerAction):
     """Validate the request; nothing is contacted or changed."""
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
-        task_vars = task_vars or {}
-        # Options absent from the task are the inputs not given: the documented defaults are
-        # filled in by the request's rules, which also need to know what was given.
-        _validation, args = self.validate_argument_spec(argument_spec=TASK_SPEC)
+    # Options absent from the task are the inputs not given: the documented defaults are
+    # filled in by the request's rules, which also need to know what was given.
+    argument_spec = TASK_SPEC
+
+    def act(self, args, result, task_vars):
         names = args.pop("extra_var_names")
         names = extra_var_names() if names is None else names
         given = {name: value for name, value in self._task.args.items()

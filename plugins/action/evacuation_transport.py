@@ -10,23 +10,17 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
-    ControllerAction,
-    argument_spec_from_doc,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import evacuation_request as rules
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.evacuation_transport import DOCUMENTATION
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
-
-class ActionModule(ControllerAction):
+class ActionModule(action_support.ControllerAction):
     """Complete the request's migration URIs; nothing is contacted or changed."""
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    argument_spec = action_support.argument_spec_from_doc(DOCUMENTATION)
+
+    def act(self, args, result, task_vars):
         try:
             request = rules.follow_transport(args["request"], args["transport"], facts_path=args["facts_path"])
         except rules.EvacuationInputError as exc:

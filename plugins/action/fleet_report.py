@@ -17,27 +17,17 @@ import jinja2
 
 from ansible.errors import AnsibleActionFail
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
-    ControllerAction,
-    argument_spec_from_doc,
-    read_page_template,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import fleet_report
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.fleet_report import DOCUMENTATION
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
-
-class ActionModule(ControllerAction):
+class ActionModule(action_support.ControllerAction):
     """Start a fleet poison report or merge its parts."""
 
-    def _template_text(self, name):
-        return read_page_template(self, name, "fleet_report.html.j2")
+    argument_spec = action_support.argument_spec_from_doc(DOCUMENTATION)
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # nothing is transferred
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, args, result, task_vars):
         check_mode = self._task.check_mode
         try:
             report_dir = fleet_report.check_report_dir(args["report_dir"])
@@ -54,7 +44,7 @@ class ActionModule(ControllerAction):
                 raise fleet_report.ReportInputError(
                     "report_id is required with state=merged: give the id that state=started "
                     "returned (the id the parts were written under)")
-            template_text = self._template_text(args["html_template"])
+            template_text = action_support.read_page_template(self, args["html_template"], "fleet_report.html.j2")
             report = fleet_report.merge_directory(report_dir, args["report_id"], args["hosts"],
                                                   args["hosts_pattern"])
             paths = fleet_report.report_paths(report_dir, args["report_id"])
@@ -65,8 +55,7 @@ class ActionModule(ControllerAction):
         except fleet_report.ReportInputError as exc:
             raise AnsibleActionFail(str(exc)) from exc
         except jinja2.TemplateError as exc:
-            raise AnsibleActionFail("the HTML template %s cannot be rendered: %s" % (
-                args["html_template"] or "fleet_report.html.j2", exc)) from exc
+            raise action_support.page_template_error(args["html_template"], "fleet_report.html.j2", exc) from exc
         except OSError as exc:
             raise AnsibleActionFail("cannot write the fleet report under %s: %s" % (
                 args["report_dir"], exc)) from exc

@@ -12,24 +12,17 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
 
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import (
-    ControllerAction,
-    argument_spec_from_doc,
-)
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import fleet_report
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.fleet_report_part import DOCUMENTATION
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
-
-class ActionModule(ControllerAction):
+class ActionModule(action_support.ControllerAction):
     """Write one host's part of a fleet poison report."""
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # nothing is transferred
-        task_vars = task_vars or {}
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    argument_spec = action_support.argument_spec_from_doc(DOCUMENTATION)
+
+    def act(self, args, result, task_vars):
         host = args["host"] or task_vars.get("inventory_hostname")
         try:
             report_dir = fleet_report.check_report_dir(args["report_dir"])

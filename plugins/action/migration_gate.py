@@ -13,10 +13,9 @@ from __future__ import annotations
 import re
 
 from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
-from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.action_support import argument_spec_from_doc
+from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils import action_support
 from ansible_collections.kvm_ras.poison_guard.plugins.modules.migration_gate import DOCUMENTATION
 
 POISON_INFO_MODULE = "kvm_ras.poison_guard.poison_info"
@@ -24,12 +23,11 @@ POISON_INFO_MODULE = "kvm_ras.poison_guard.poison_info"
 IDENTITY_COMMAND = "cat /proc/sys/kernel/random/boot_id /proc/uptime /proc/sys/kernel/hostname"
 _BOOT_ID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
-ARGUMENT_SPEC = argument_spec_from_doc(DOCUMENTATION)
 
-
-class ActionModule(ActionBase):
+class ActionModule(action_support.DocumentedAction):
     """Decide per VM whether an operation that reads all guest RAM may go ahead."""
 
+    argument_spec = action_support.argument_spec_from_doc(DOCUMENTATION)
     TRANSFERS_FILES = False
     _supports_check_mode = True
     _supports_async = False
@@ -60,13 +58,7 @@ class ActionModule(ActionBase):
         hostname = lines[2] if len(lines) > 2 else None
         return boot_id, uptime, hostname
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp  # nothing is transferred
-        if task_vars is None:
-            task_vars = {}
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-
+    def act(self, args, result, task_vars):
         poison = args["poison_info"]
         gathered = poison is None
         if gathered:

@@ -65,3 +65,31 @@ attributes:
   platform:
     platforms: posix
 """
+
+    # Modules whose work an action plugin of the same name does (the module file is its doc
+    # stub); a module that supports async overrides O(async) with its own support and details.
+    ACTION_PLUGIN = r"""
+options: {}
+attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+  async:
+    description: Supports being used with the C(async) keyword.
+    support: none
+"""
+
+    # Action plugins that work on the controller only and write files there (reports, pages);
+    # each adds to O(check_mode) the details of what check mode leaves out.
+    CONTROLLER_ONLY = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details:
+      - Runs on the controller and never connects to the host.
+"""

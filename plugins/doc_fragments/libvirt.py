@@ -13,7 +13,7 @@ class ModuleDocFragment:
     """Use ``kvm_ras.poison_guard.libvirt`` (the hypervisor the module runs on) or
     ``kvm_ras.poison_guard.libvirt.SOURCE`` (the source hypervisor of a migration)."""
 
-    # Modules that act on the hypervisor they run on (host_capacity, guest_power).
+    # Modules that act on the hypervisor they run on (host_capacity_info, guest_power).
     DOCUMENTATION = r"""
 requirements:
   - libvirt-python on the hypervisor the module runs on (Debian/Ubuntu package C(python3-libvirt)).

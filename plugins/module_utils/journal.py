@@ -34,6 +34,8 @@ try:
 except ImportError:  # pragma: no cover - only outside an installed collection
     import host_markers  # type: ignore[no-redef]
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
+
 DEFAULT_JOURNAL_DIR = "/var/lib/kvm_ras/journal"
 DEFAULT_RESTORE_DIR = "/var/lib/kvm_ras/restore"
 DEFAULT_VM_LOCK_DIR = "/run/kvm_ras/vm-locks"
@@ -190,9 +192,10 @@ class OperationLock:
 
 def power_off_arguments():
     """The options of the modules that power a VM off and start it again (guest_power,
-    cold_migrate): ``wait`` (seconds for the VM to run again) and ``restore_dir``
-    (where ``before_power_off`` keeps the XML of a transient VM)."""
-    return dict(wait=dict(type="int", default=60), restore_dir=dict(type="path", default=DEFAULT_RESTORE_DIR))
+    cold_migrate): ``wait_timeout`` (seconds for the VM to run again; formerly ``wait``) and
+    ``restore_dir`` (where ``before_power_off`` keeps the XML of a transient VM)."""
+    return dict(wait_timeout=libvirt_adapter.wait_timeout_argument(60),
+                restore_dir=dict(type="path", default=DEFAULT_RESTORE_DIR))
 
 
 class NotTouched(Exception):

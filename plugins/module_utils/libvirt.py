@@ -34,8 +34,9 @@ import xml.etree.ElementTree as ET
 LIBRARY = "libvirt-python (Debian/Ubuntu: python3-libvirt)"
 DEFAULT_URI = "qemu:///system"
 COLLECTION = "kvm_ras.poison_guard"
-# The former names of the ``uri`` option (libvirt_uri, source_uri) are accepted until then.
-URI_ALIAS_REMOVED_IN = "0.2.0"
+# The former names of renamed options (libvirt_uri and source_uri of ``uri``, ``wait`` of
+# ``wait_timeout``) are accepted until then.
+ALIAS_REMOVED_IN = "0.2.0"
 QEMU_RUN_DIR = "/run/libvirt/qemu"
 
 # virDomainState -> the word `virsh domstate` prints (VIR_DOMAIN_BLOCKED is shown as "idle").
@@ -194,9 +195,21 @@ def qemu_pid(run_dir, name):
     return int(match.group(1)) if match else None
 
 
+def renamed_argument(old_name, **spec):
+    """The argument spec ``spec`` of a renamed option, with its former name ``old_name`` kept
+    as a deprecated alias until 0.2.0 (the collection is pre-1.0: one release)."""
+    return dict(spec, aliases=[old_name],
+                deprecated_aliases=[dict(name=old_name, version=ALIAS_REMOVED_IN, collection_name=COLLECTION)])
+
+
 def uri_argument(old_name):
     """The argument spec of the ``uri`` option (doc fragment ``kvm_ras.poison_guard.libvirt``),
     with the option's former name ``old_name`` kept as a deprecated alias until 0.2.0."""
-    return dict(type="str", default=DEFAULT_URI, aliases=[old_name],
-                deprecated_aliases=[dict(name=old_name, version=URI_ALIAS_REMOVED_IN,
-                                         collection_name=COLLECTION)])
+    return renamed_argument(old_name, type="str", default=DEFAULT_URI)
+
+
+def wait_timeout_argument(default):
+    """The argument spec of ``wait_timeout`` (seconds to wait for a VM or a job; ``default``
+    seconds), formerly ``wait``: a name that in other collections (openstack.cloud,
+    kubernetes.core) is a boolean."""
+    return renamed_argument("wait", type="int", default=default)

@@ -474,7 +474,7 @@ def check_disks(vm, target, tname, copy_storage="none", target_paths=None):
                     problem = ("%s (%s) could not be found on %s: %s; libvirt sees only volumes of active "
                                "storage pools, as of their last refresh" % (path, label, tname, how))
                 reasons.append(_reason(problem, "put the disk on storage %s shares with the source, or copy it "
-                                                "with migration_copy_storage=all, or pass the target's host_capacity "
+                                                "with migration_copy_storage=all, or pass the target's host_capacity_info "
                                                 "result listing this path (target_facts) so its file system is asked"
                                                 % tname))
         elif kind == "volume":
@@ -627,7 +627,7 @@ def normalize_targets(raw):
 
 
 def paths_by_target(facts):
-    """host_capacity results (a loop's ``results`` with ``item``, or a dict target -> result)
+    """host_capacity_info results (a loop's ``results`` with ``item``, or a dict target -> result)
     -> {target: {path: {exists, size}}}; targets whose result has no ``paths`` are left out."""
     out = {}
     items = facts.items() if isinstance(facts, dict) else [

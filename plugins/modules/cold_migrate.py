@@ -66,11 +66,13 @@ options:
       - Remove the VM's definition from the source once it runs on the destination.
     type: bool
     default: true
-  wait:
+  wait_timeout:
     description:
       - Seconds to wait for the VM to run after starting it.
+      - The alias O(wait) is deprecated and will be removed in version 0.2.0 of the collection.
     type: int
     default: 60
+    aliases: [wait]
   restore_dir:
     description:
       - Directory on the source where the XML of a transient VM is kept while it is shut off
@@ -228,8 +230,8 @@ def main():
     )
     if libvirt is None:
         module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR)
-    p = module.params
-    name = p["name"]
+    params = module.params
+    name = params["name"]
     result = {"name": name, "changed": False, "migrated": False, "forced_off": False, "restored": False,
               "needs_operator": False, "destination_check": None, "restore_xml": None,
               "running_on": "unknown", "duration_seconds": None, "failure": None}
@@ -240,13 +242,13 @@ def main():
         result["failure"] = {"class": klass, "message": message}
         module.fail_json(msg=message, **result)
 
-    src, error = libvirt_adapter.connect(libvirt, p["uri"])
+    src, error = libvirt_adapter.connect(libvirt, params["uri"])
     if src is None:
-        fail("other", "source libvirt at %s does not answer: %s" % (p["uri"], error))
-    dst, error = libvirt_adapter.connect(libvirt, p["dest_uri"])
+        fail("other", "source libvirt at %s does not answer: %s" % (params["uri"], error))
+    dst, error = libvirt_adapter.connect(libvirt, params["dest_uri"])
     if dst is None:
         libvirt_adapter.close_quietly(libvirt, src)
-        fail("destination", "destination libvirt at %s does not answer: %s" % (p["dest_uri"], error),
+        fail("destination", "destination libvirt at %s does not answer: %s" % (params["dest_uri"], error),
              running_on="source")
     started = time.time()
     try:
@@ -271,7 +273,7 @@ def main():
             module.exit_json(**result)
 
         try:
-            op_lock, saved = journal.before_power_off(name, uuid, None if persistent else xml, p["restore_dir"],
+            op_lock, saved = journal.before_power_off(name, uuid, None if persistent else xml, params["restore_dir"],
                                                       "shutting it down")
         except journal.NotTouched as exc:
             fail("busy" if exc.busy else "other", str(exc), running_on="source" if sdom.isActive() else "none",
@@ -279,13 +281,13 @@ def main():
 
         if sdom.isActive():
             sdom.shutdown()
-            if not wait_for(lambda: is_gone_or_off(src, name), p["shutdown_timeout"]):
-                if not p["force_off"]:
+            if not wait_for(lambda: is_gone_or_off(src, name), params["shutdown_timeout"]):
+                if not params["force_off"]:
                     # the guest may still finish the shutdown it was asked for: a transient VM's XML stays kept
                     result["restore_xml"] = saved
                     fail("shutdown", "%r did not shut down within %d s; it keeps running on the source "
                          "(set force_off to power it off)%s" % (
-                             name, p["shutdown_timeout"],
+                             name, params["shutdown_timeout"],
                              "" if not saved else "; its XML is kept in %s in case the guest still shuts down" % saved),
                          running_on="source")
                 sdom = lookup(src, name)
@@ -301,7 +303,7 @@ def main():
                 ddom.create()
             else:
                 ddom = dst.createXML(xml, 0)
-            if not wait_for(ddom.isActive, p["wait"]):
+            if not wait_for(ddom.isActive, params["wait_timeout"]):
                 raise libvirt.libvirtError("%r was started on the destination but does not run" % name)
         except libvirt.libvirtError as exc:
             message = "starting %r on the destination failed: %s" % (name, exc)
@@ -315,7 +317,7 @@ def main():
             except libvirt.libvirtError as exc2:
                 message += "; removing it there again failed: %s" % exc2
             # Start it on the source only when the destination, asked afresh, does not run it.
-            check = destination_check(p["dest_uri"], name, uuid)
+            check = destination_check(params["dest_uri"], name, uuid)
             result["destination_check"] = check
             if not check["answered"] or check["running"]:
                 result["needs_operator"] = True
@@ -330,7 +332,7 @@ def main():
                      "on the same disks. The operator decides: check the destination (virsh -c %s domstate %s); "
                      "if it does not run there, start it on the source (virsh start %s%s), else remove its "
                      "definition on the source" % (
-                         message, why, p["dest_uri"], name, name,
+                         message, why, params["dest_uri"], name, name,
                          "" if persistent else "; transient: virsh create %s" % saved),
                      running_on=where)
             try:
@@ -354,7 +356,7 @@ def main():
         result["duration_seconds"] = round(time.time() - started, 3)
         result["migrated"] = True
         result["running_on"] = "destination"
-        if p["undefine_source"] and persistent:
+        if params["undefine_source"] and persistent:
             leftover = lookup(src, name)
             if leftover is not None:
                 libvirt_adapter.undefine(libvirt, leftover)

@@ -13,7 +13,7 @@ version_added: 0.1.0
 description:
   - V(cordoned) writes a marker file on the hypervisor that says since when, why and by whom
     it takes no new VMs; V(uncordoned) removes it.
-  - The collection respects the marker. M(kvm_ras.poison_guard.host_capacity) reports it and
+  - The collection respects the marker. M(kvm_ras.poison_guard.host_capacity_info) reports it and
     C(evacuate_host.yml) never places a VM on a cordoned hypervisor. External schedulers can
     read the same file (JSON).
   - libvirt itself has no maintenance or cordon state, so the marker is the signal. The file
@@ -96,10 +96,10 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    path = p["path"]
+    params = module.params
+    path = params["path"]
     existing = read_marker(path)
-    if p["state"] == "uncordoned":
+    if params["state"] == "uncordoned":
         if existing is None:
             module.exit_json(changed=False, cordon={}, path=path)
         if not module.check_mode:
@@ -110,7 +110,7 @@ def main():
         module.exit_json(changed=True, cordon=existing, path=path)
     if existing is not None:
         module.exit_json(changed=False, cordon=existing, path=path)
-    record = host_markers.cordon_record(p["reason"], p["by"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    record = host_markers.cordon_record(params["reason"], params["by"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if not module.check_mode:
         try:
             # readable by everyone (external schedulers read it), written only by root

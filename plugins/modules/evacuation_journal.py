@@ -28,7 +28,7 @@ description:
   - An entry that cannot be finished safely stays in the journal and V(resume) fails,
     naming the VM and what to do. This happens when the VM runs on two hosts, or runs nowhere
     on the source while its target cannot be asked, or when a job of the dead run does not end
-    within O(wait). Nothing is ever started a second time.
+    within O(wait_timeout). Nothing is ever started a second time.
   - Only V(resume) connects to libvirt, through O(uri) (the source hypervisor itself).
 author:
   - kvm_ras maintainers (@kvm-ras)
@@ -88,12 +88,14 @@ options:
         of a transient VM they powered off (V(resume) starts such a VM from it).
     type: path
     default: /var/lib/kvm_ras/restore
-  wait:
+  wait_timeout:
     description:
       - Seconds V(resume) waits, per VM, for an operation of the dead run that is still going
         (a module process that outlived its controller, a migration job) to end.
+      - The alias O(wait) is deprecated and will be removed in version 0.2.0 of the collection.
     type: int
     default: 600
+    aliases: [wait]
 notes:
   - C(evacuate_host.yml) runs V(resume) right after it takes the source's lock, and V(begin)
     and V(end) around each VM's operations.
@@ -197,7 +199,7 @@ def wait_running(dom, seconds):
 
 def resume_one(module, item, src):
     """Finish one entry; returns its report item (the entry is removed when ok)."""
-    p = module.params
+    params = module.params
     entry = item["entry"]
     name, uuid = entry["name"], entry.get("uuid")
     report = {"name": name, "uuid": uuid, "operation": entry.get("operation"), "run_id": entry.get("run_id"),
@@ -206,13 +208,13 @@ def resume_one(module, item, src):
 
     # 1. no process of the dead run may still work on the VM
     op_lock = journal.OperationLock(journal.DEFAULT_VM_LOCK_DIR, name, uuid)
-    if not op_lock.acquire(timeout=p["wait"], poll=POLL):
+    if not op_lock.acquire(timeout=params["wait_timeout"], poll=POLL):
         report["message"] = ("an operation of the interrupted run still works on it after %d s (its lock %s is "
-                             "held); wait for it to end, then run again" % (p["wait"], op_lock.path))
+                             "held); wait for it to end, then run again" % (params["wait_timeout"], op_lock.path))
         return report
     try:
         # 2. nor a libvirt job (its migration, which libvirtd drives on its own)
-        deadline = time.time() + p["wait"]
+        deadline = time.time() + params["wait_timeout"]
         while True:
             source = domain_state(src, name, uuid)
             if not source["job"] or time.time() >= deadline:
@@ -223,7 +225,7 @@ def resume_one(module, item, src):
             dconn, error = open_conn(entry["dest_uri"])
             dest = domain_state(dconn, name, uuid, error)
         try:
-            saved = journal.restore_path(p["restore_dir"], name, uuid)
+            saved = journal.restore_path(params["restore_dir"], name, uuid)
             try:
                 has_saved = host_markers.read_bytes(saved) is not None
             except host_markers.MarkerError:
@@ -235,7 +237,7 @@ def resume_one(module, item, src):
             if module.check_mode:
                 report["ok"] = True
                 return report
-            act(decision["action"], source, dest, src, saved, p["wait"], entry.get("operation"))
+            act(decision["action"], source, dest, src, saved, params["wait_timeout"], entry.get("operation"))
             report["ok"] = True
         except (libvirt.libvirtError, host_markers.MarkerError) as exc:
             report.update(action=journal.DO_UNRESOLVED,
@@ -295,49 +297,49 @@ def main():
             journal_dir=dict(type="path", default=journal.DEFAULT_JOURNAL_DIR),
             restore_dir=dict(type="path", default=journal.DEFAULT_RESTORE_DIR),
             uri=libvirt_adapter.uri_argument("source_uri"),
-            wait=dict(type="int", default=600),
+            wait_timeout=libvirt_adapter.wait_timeout_argument(600),
         ),
         required_if=[("state", "begin", ("name", "run_id", "operation")),
                      ("state", "end", ("name", "run_id"))],
         supports_check_mode=True,
     )
-    p = module.params
-    if p["wait"] < 0:
-        module.fail_json(msg="wait must be 0 or a positive number of seconds")
+    params = module.params
+    if params["wait_timeout"] < 0:
+        module.fail_json(msg="wait_timeout must be 0 or a positive number of seconds")
     for key in ("name", "run_id"):
-        if p[key] is not None and not p[key].strip():
+        if params[key] is not None and not params[key].strip():
             module.fail_json(msg="%s must not be empty" % key)
 
-    if p["state"] == "begin":
-        entry = journal.make_entry(p["name"], p["uuid"], p["operation"], p["run_id"], target=p["target"],
-                                   dest_uri=p["dest_uri"], persistent=p["persistent"])
-        for key, value in (p["info"] or {}).items():
+    if params["state"] == "begin":
+        entry = journal.make_entry(params["name"], params["uuid"], params["operation"], params["run_id"], target=params["target"],
+                                   dest_uri=params["dest_uri"], persistent=params["persistent"])
+        for key, value in (params["info"] or {}).items():
             entry.setdefault(key, value)
-        path = journal.entry_path(p["journal_dir"], p["name"], p["uuid"])
+        path = journal.entry_path(params["journal_dir"], params["name"], params["uuid"])
         if not module.check_mode:
             try:
-                journal.write_entry(p["journal_dir"], entry)
+                journal.write_entry(params["journal_dir"], entry)
             except host_markers.MarkerError as exc:
                 module.fail_json(msg="cannot journal the %s of %r, so it does not start: %s"
-                                 % (p["operation"], p["name"], exc), entry=None, path=path)
+                                 % (params["operation"], params["name"], exc), entry=None, path=path)
         module.exit_json(changed=True, entry=entry, path=path)
 
-    if p["state"] == "end":
-        path = journal.entry_path(p["journal_dir"], p["name"], p["uuid"])
+    if params["state"] == "end":
+        path = journal.entry_path(params["journal_dir"], params["name"], params["uuid"])
         if module.check_mode:
             module.exit_json(changed=False, entry=None, path=path)
         try:
-            removed, entry = journal.remove_entry(p["journal_dir"], p["name"], p["uuid"], p["run_id"])
+            removed, entry = journal.remove_entry(params["journal_dir"], params["name"], params["uuid"], params["run_id"])
         except host_markers.MarkerError as exc:
-            module.fail_json(msg="cannot close the journal entry of %r: %s" % (p["name"], exc), entry=None, path=path)
+            module.fail_json(msg="cannot close the journal entry of %r: %s" % (params["name"], exc), entry=None, path=path)
         if entry is not None and not removed:
             module.warn("the journal entry %s belongs to run %s, not %s: left in place"
-                        % (path, entry.get("run_id"), p["run_id"]))
+                        % (path, entry.get("run_id"), params["run_id"]))
         module.exit_json(changed=removed, entry=entry, path=path)
 
     # resume
     try:
-        items = journal.read_entries(p["journal_dir"])
+        items = journal.read_entries(params["journal_dir"])
     except host_markers.MarkerError as exc:
         module.fail_json(msg=str(exc), resumed=[], unresolved=[])
     if not items:
@@ -347,16 +349,16 @@ def main():
         module.fail_json(msg="the evacuation journal %s holds entries that cannot be read, so the interrupted run "
                          "cannot be finished safely: %s. Inspect them (each names one VM operation of the dead "
                          "run), finish those VMs by hand, remove the files, then run again"
-                         % (p["journal_dir"], "; ".join(item["problem"] for item in bad)),
+                         % (params["journal_dir"], "; ".join(item["problem"] for item in bad)),
                          resumed=[], unresolved=[item["path"] for item in bad])
     if libvirt is None:
         module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR,
                          resumed=[], unresolved=[])
-    src, error = open_conn(p["uri"])
+    src, error = open_conn(params["uri"])
     if src is None:
         module.fail_json(msg="libvirt on the source does not answer (%s), so the %d operation(s) an interrupted "
                          "evacuation left in %s cannot be finished: start libvirtd, then run again"
-                         % (error, len(items), p["journal_dir"]), resumed=[], unresolved=[])
+                         % (error, len(items), params["journal_dir"]), resumed=[], unresolved=[])
     try:
         resumed = [resume_one(module, item, src) for item in items]
     finally:
@@ -368,7 +370,7 @@ def main():
     if unresolved:
         module.fail_json(msg="an interrupted evacuation left %d VM operation(s) that cannot be finished safely; "
                          "their journal entries stay in %s and nothing more was done: %s"
-                         % (len(unresolved), p["journal_dir"],
+                         % (len(unresolved), params["journal_dir"],
                             "; ".join("%r: %s" % (r["name"], r["message"]) for r in resumed if not r["ok"])),
                          **result)
     module.exit_json(**result)

@@ -142,15 +142,15 @@ def main():
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    path, owner = p["path"], p["owner"]
+    params = module.params
+    path, owner = params["path"], params["owner"]
     if not owner.strip():
         module.fail_json(msg="owner must not be empty: pass the evacuation's run id")
-    if p["stale_after"] < 0:
+    if params["stale_after"] < 0:
         module.fail_json(msg="stale_after must be 0 (never) or a positive number of seconds")
     existing = read_lock(path)
 
-    if p["state"] == "absent":
+    if params["state"] == "absent":
         if existing is None:
             module.exit_json(changed=False, decision="not_held", lock={}, path=path)
         if existing.get("owner") != owner:
@@ -165,12 +165,12 @@ def main():
         module.exit_json(changed=True, decision="release", lock=existing, path=path)
 
     now = time.time()
-    decision, message = lock_decision(existing, owner, now, p["stale_after"], p["break_lock"])
+    decision, message = lock_decision(existing, owner, now, params["stale_after"], params["break_lock"])
     if decision == LOCK_REFUSE:
         module.fail_json(msg=message, decision=decision, lock=existing, path=path)
     if decision == LOCK_REENTER:
         module.exit_json(changed=False, decision=decision, lock=existing, path=path)
-    record = make_record(owner, p["info"], now)
+    record = make_record(owner, params["info"], now)
     if module.check_mode:
         module.exit_json(changed=True, decision=decision, lock=record, path=path, msg=message)
     try:

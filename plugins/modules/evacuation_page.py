@@ -32,23 +32,12 @@ author:
   - kvm_ras maintainers (@kvm-ras)
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
+  - kvm_ras.poison_guard.attributes.ACTION_PLUGIN
+  - kvm_ras.poison_guard.attributes.CONTROLLER_ONLY
 attributes:
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
-  async:
-    description: Supports being used with the C(async) keyword.
-    support: none
   check_mode:
-    support: full
     details:
       - In check mode the page is rendered (so template errors show) but not written.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
-    details:
-      - Runs on the controller and never connects to the host.
 options:
   report:
     description:

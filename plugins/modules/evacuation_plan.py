@@ -15,7 +15,7 @@ short_description: Plan a hypervisor evacuation - which VM goes where, or why it
 version_added: 0.1.0
 description:
   - Action plugin that runs on the controller only, on facts gathered before, namely the source's VMs
-    (M(kvm_ras.poison_guard.host_capacity)), their poison status
+    (M(kvm_ras.poison_guard.host_capacity_info)), their poison status
     (M(kvm_ras.poison_guard.poison_info)), the gate's decision
     (M(kvm_ras.poison_guard.migration_gate)) and every target's capacity.
   - Decides per running VM from its poison status, the gate and the policies. A V(clean) VM the
@@ -35,25 +35,19 @@ author:
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.DECISION_ACTION
-attributes:
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
-  async:
-    description: Supports being used with the C(async) keyword.
-    support: none
+  - kvm_ras.poison_guard.attributes.ACTION_PLUGIN
 options:
   request:
     description: RV(kvm_ras.poison_guard.evacuation_request#module:request) of the run.
     type: dict
     required: true
   source:
-    description: Result of M(kvm_ras.poison_guard.host_capacity) on the source.
+    description: Result of M(kvm_ras.poison_guard.host_capacity_info) on the source.
     type: dict
     required: true
   targets:
     description:
-      - Results of M(kvm_ras.poison_guard.host_capacity) on the targets. Either the C(results)
+      - Results of M(kvm_ras.poison_guard.host_capacity_info) on the targets. Either the C(results)
         of a loop over the targets (each with its C(item)), or a dict target -> result.
     type: raw
     required: true

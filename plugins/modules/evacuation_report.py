@@ -44,13 +44,7 @@ author:
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.DECISION_ACTION
-attributes:
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
-  async:
-    description: Supports being used with the C(async) keyword.
-    support: none
+  - kvm_ras.poison_guard.attributes.ACTION_PLUGIN
 options:
   request:
     description: RV(kvm_ras.poison_guard.evacuation_request#module:request) of the run.
@@ -83,7 +77,7 @@ options:
     default: []
   states:
     description:
-      - Results of M(kvm_ras.poison_guard.host_capacity) on the source and the targets after the
+      - Results of M(kvm_ras.poison_guard.host_capacity_info) on the source and the targets after the
         run, as the C(results) of a loop (each with its C(item)) or a dict host -> result.
     type: raw
     required: true

@@ -34,13 +34,7 @@ author:
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.DECISION_ACTION
-attributes:
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
-  async:
-    description: Supports being used with the C(async) keyword.
-    support: none
+  - kvm_ras.poison_guard.attributes.ACTION_PLUGIN
 options:
   evacuate_source:
     description: Inventory name of the hypervisor to empty. Required in practice (the request names every missing input at once).

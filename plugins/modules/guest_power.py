@@ -38,11 +38,13 @@ options:
     type: str
     choices: [running, reset, restarted]
     default: running
-  wait:
+  wait_timeout:
     description:
       - Seconds to wait for the VM to run again (V(restarted), V(running)).
+      - The alias O(wait) is deprecated and will be removed in version 0.2.0 of the collection.
     type: int
     default: 60
+    aliases: [wait]
   restore_dir:
     description:
       - Directory on the host where V(restarted) keeps the XML of a transient VM while it is
@@ -165,15 +167,15 @@ def main():
     )
     if libvirt is None:
         module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY), exception=LIBVIRT_IMPORT_ERROR)
-    p = module.params
-    name, state = p["name"], p["state"]
+    params = module.params
+    name, state = params["name"], params["state"]
     mode = {"reset": "reset", "restarted": "restart"}.get(state)
     result = {"name": name, "state": state, "mode": mode, "changed": False, "pid_before": qemu_pid(name),
               "pid_after": None, "running": False, "restore_xml": None}
     op_lock = None
-    conn, error = libvirt_adapter.connect(libvirt, p["uri"])
+    conn, error = libvirt_adapter.connect(libvirt, params["uri"])
     if conn is None:
-        module.fail_json(msg="libvirt at %s does not answer: %s" % (p["uri"], error), **result)
+        module.fail_json(msg="libvirt at %s does not answer: %s" % (params["uri"], error), **result)
     try:
         try:
             dom = conn.lookupByName(name)
@@ -187,10 +189,10 @@ def main():
             result["changed"] = True
             if not module.check_mode:
                 dom.create()
-                result["running"] = wait_running(dom, p["wait"])
+                result["running"] = wait_running(dom, params["wait_timeout"])
                 result["pid_after"] = qemu_pid(name)
                 if not result["running"]:
-                    module.fail_json(msg="%r was started but does not run after %d s" % (name, p["wait"]), **result)
+                    module.fail_json(msg="%r was started but does not run after %d s" % (name, params["wait_timeout"]), **result)
             module.exit_json(**result)
         if not active:
             module.fail_json(msg="%r does not run, so it cannot be %s" % (name, "reset" if mode == "reset" else "restarted"),
@@ -208,7 +210,7 @@ def main():
         # A transient VM that is powered off exists nowhere: its XML is kept on the host first.
         xml = None if persistent else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
         try:
-            op_lock, saved = journal.before_power_off(name, uuid, xml, p["restore_dir"], "powering it off for the restart")
+            op_lock, saved = journal.before_power_off(name, uuid, xml, params["restore_dir"], "powering it off for the restart")
         except journal.NotTouched as exc:
             module.fail_json(msg=str(exc), **untouched(result))
         power_off(dom)
@@ -220,13 +222,13 @@ def main():
         except libvirt.libvirtError as exc:
             result["restore_xml"] = saved
             module.fail_json(msg="CRITICAL: %r was powered off for the restart and did not start again: %s%s"
-                             % (name, exc, restore_hint(saved, p["uri"])), **result)
-        result["running"] = wait_running(dom, p["wait"])
+                             % (name, exc, restore_hint(saved, params["uri"])), **result)
+        result["running"] = wait_running(dom, params["wait_timeout"])
         result["pid_after"] = qemu_pid(name)
         if not result["running"]:
             result["restore_xml"] = saved
             module.fail_json(msg="CRITICAL: %r was restarted but does not run after %d s%s"
-                             % (name, p["wait"], restore_hint(saved, p["uri"])), **result)
+                             % (name, params["wait_timeout"], restore_hint(saved, params["uri"])), **result)
         if saved:
             try:
                 host_markers.remove(saved)

@@ -37,15 +37,13 @@ author:
 extends_documentation_fragment:
   - kvm_ras.poison_guard.attributes
   - kvm_ras.poison_guard.attributes.ACTING_MODULE
+  - kvm_ras.poison_guard.attributes.ACTION_PLUGIN
   - kvm_ras.poison_guard.libvirt.SOURCE
 attributes:
   action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
-    support: full
     details:
       - The action plugin shows the migration's progress while it runs when the task has C(async).
   async:
-    description: Supports being used with the C(async) keyword.
     support: full
     details:
       - With C(async) and C(poll) set to 0 the task still waits for the migration, and prints a line every

@@ -73,8 +73,8 @@ options:
     default: none
   target_facts:
     description:
-      - Results of M(kvm_ras.poison_guard.host_capacity) run on the targets with the VMs' disk
-        paths in its O(kvm_ras.poison_guard.host_capacity#module:paths), either the C(results)
+      - Results of M(kvm_ras.poison_guard.host_capacity_info) run on the targets with the VMs' disk
+        paths in its O(kvm_ras.poison_guard.host_capacity_info#module:paths), either the C(results)
         of a loop over the targets (each with its C(item)) or a dict target -> result.
       - When a target's result lists a path, its file system's answer is used. Otherwise the
         module asks the target's libvirt for a storage volume at that path. libvirt knows only
@@ -111,10 +111,10 @@ notes:
   - What it cannot see. Whether the migration data port range (49152-49215) is open
     between the hosts, unless the migration is tunnelled. Whether a network disk's storage
     server is reachable from the target. Disk files outside every storage pool of the target
-    (pass O(target_facts)). Enough free memory (see M(kvm_ras.poison_guard.host_capacity)).
+    (pass O(target_facts)). Enough free memory (see M(kvm_ras.poison_guard.host_capacity_info)).
 seealso:
   - module: kvm_ras.poison_guard.live_migrate
-  - module: kvm_ras.poison_guard.host_capacity
+  - module: kvm_ras.poison_guard.host_capacity_info
   - module: kvm_ras.poison_guard.evacuation_plan
 """
 
@@ -278,7 +278,7 @@ def main():
         module.fail_json(msg="timeout must be a positive number of seconds, got %r" % params["timeout"])
     target_facts = params["target_facts"]
     if target_facts is not None and not isinstance(target_facts, (dict, list)):
-        module.fail_json(msg="target_facts must be the results of host_capacity on the targets (a loop's results "
+        module.fail_json(msg="target_facts must be the results of host_capacity_info on the targets (a loop's results "
                              "or a dict target -> result), got %s" % type(target_facts).__name__)
     if libvirt is None:
         module.fail_json(msg=missing_required_lib(libvirt_adapter.LIBRARY),

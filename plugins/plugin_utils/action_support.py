@@ -10,8 +10,11 @@ Action plugins import from here, never from each other:
 - ``by_host``: registered loop results keyed by the host each item named;
 - ``read_page_template``: the Jinja2 text of an HTML page, the operator's own (found like any
   template of the play) or the one the collection ships in playbooks/templates/;
+- ``DocumentedAction``: the base of the action plugins whose options are those of their doc
+  stub: ``run`` validates the task's options against ``argument_spec`` and hands them to ``act``;
 - ``ControllerAction``: the base of the action plugins that work on the controller only (no
-  connection, no files to transfer, check mode, no async).
+  connection, no files to transfer, check mode, no async);
+- ``page_template_error``: the failure of a page template that does not render.
 """
 
 from __future__ import annotations
@@ -71,7 +74,33 @@ def read_page_template(action, name, shipped):
         raise AnsibleActionFail("cannot read the HTML template %s: %s" % (path, exc)) from exc
 
 
-class ControllerAction(ActionBase):
+def page_template_error(name, shipped, exc):
+    """The failure of the page template ``name`` (or the collection's ``shipped`` one) that
+    raised the Jinja2 error ``exc`` while rendering."""
+    return AnsibleActionFail("the HTML template %s cannot be rendered: %s" % (name or shipped, exc))
+
+
+class DocumentedAction(ActionBase):
+    """An action plugin whose options are the ones its doc stub documents.
+
+    ``run`` validates the task's options against ``argument_spec`` (set by each plugin, usually
+    ``argument_spec_from_doc(DOCUMENTATION)``) and hands them to ``act``, which does the work.
+    """
+
+    argument_spec: dict = {}
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        del tmp  # nothing is transferred
+        _validation, args = self.validate_argument_spec(argument_spec=self.argument_spec)
+        return self.act(args, result, task_vars or {})
+
+    def act(self, args, result, task_vars):
+        """Do the plugin's work with the validated ``args``; return ``result``, completed."""
+        raise NotImplementedError
+
+
+class ControllerAction(DocumentedAction):
     """An action plugin that works on the controller only: it needs no connection to the host,
     transfers no files, supports check mode (it changes nothing on hosts) and not async."""
 

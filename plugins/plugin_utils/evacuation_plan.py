@@ -66,7 +66,7 @@ def is_active(domain):
 # --------------------------------------------------------------------------- capacity --
 
 def answered(facts):
-    """True when a host_capacity result holds a libvirt answer (not failed, skipped, unreachable)."""
+    """True when a host_capacity_info result holds a libvirt answer (not failed, skipped, unreachable)."""
     return (isinstance(facts, dict) and not facts.get("failed") and not facts.get("unreachable")
             and not facts.get("skipped") and facts.get("libvirt_ok", True) is not False
             and isinstance(facts.get("domains"), list))
@@ -75,7 +75,7 @@ def answered(facts):
 def target_capacity(name, facts, request, preflight=None):
     """What one target can take: usable, why not, free memory and vCPU headroom.
 
-    ``facts`` is the target's host_capacity result (or a failed/unreachable result);
+    ``facts`` is the target's host_capacity_info result (or a failed/unreachable result);
     ``preflight`` the migration_preflight result of the run (None: no preflight was run). A
     target the preflight did not find usable, or did not check, takes no VM.
     """
@@ -153,7 +153,7 @@ def hugetlb_reset_keeps_poison(entry):
 def disks_available(vm_disks, target_paths):
     """For a cold migration: every disk of the VM must exist on the target, same size.
 
-    ``target_paths``: host_capacity's ``paths`` of the target (path -> {exists, size}).
+    ``target_paths``: host_capacity_info's ``paths`` of the target (path -> {exists, size}).
     Returns (ok, reason).
     """
     missing, differing = [], []
@@ -300,8 +300,8 @@ def _poison_index(poison):
 def build_plan(request, source_facts, targets_facts, poison, gate, preflight=None):
     """The evacuation plan, gathered before anything changes.
 
-    ``source_facts``: host_capacity of the source (its ``domains``); ``targets_facts``: target
-    name -> host_capacity result; ``poison``: poison_info of the source; ``gate``: the
+    ``source_facts``: host_capacity_info of the source (its ``domains``); ``targets_facts``: target
+    name -> host_capacity_info result; ``poison``: poison_info of the source; ``gate``: the
     migration_gate result for the source's VMs; ``preflight``: migration_preflight from the
     source (None: none was run), whose unusable targets and VM/target pairs get no VM.
 
@@ -506,6 +506,18 @@ def render_plan(plan, request, check_mode=False):
     return lines
 
 
+# Poison status -> (the policy input that may leave such a VM, what the VM is, how to move it):
+# the advice of left_without_consent for a VM left by the policy's default ``leave``.
+_LEAVE_BY_DEFAULT = {
+    "poisoned": ("evacuate_poisoned_vm_policy", "poisoned",
+                 "move it with -e evacuate_poisoned_vm_policy=reboot_then_migrate (reboots it) or "
+                 "-e evacuate_poisoned_vm_policy=cold_migrate (shuts it down)"),
+    "unknown": ("evacuate_unknown_vm_policy", "poison status unknown",
+                "fix what prevented the check and re-run, or move it anyway with "
+                "-e evacuate_unknown_vm_policy=migrate (it may hold poisoned pages)"),
+}
+
+
 def left_without_consent(request, vms):
     """The VMs this run leaves running on the source although the operator did not spell out
     that they may stay: the one rule behind the run's exit status.
@@ -533,20 +545,12 @@ def left_without_consent(request, vms):
         if vm["status"] == ST_STAYED:
             why = "it should have moved but did not: %s" % (vm.get("reason") or "no reason given")
             fix = "fix the cause and re-run (the re-run moves what is left), or leave it on purpose with %s" % keep
-        elif poison == "poisoned":
-            if request.get("evacuate_poisoned_vm_policy") == ACTION_LEAVE and "evacuate_poisoned_vm_policy" in given:
+        elif poison in _LEAVE_BY_DEFAULT:
+            policy, what, move = _LEAVE_BY_DEFAULT[poison]
+            if request.get(policy) == ACTION_LEAVE and policy in given:
                 continue
-            why = "poisoned, left by the default evacuate_poisoned_vm_policy=leave"
-            fix = ("move it with -e evacuate_poisoned_vm_policy=reboot_then_migrate (reboots it) or "
-                   "-e evacuate_poisoned_vm_policy=cold_migrate (shuts it down), or leave it on purpose with "
-                   "-e evacuate_poisoned_vm_policy=leave or %s" % keep)
-        elif poison == "unknown":
-            if request.get("evacuate_unknown_vm_policy") == ACTION_LEAVE and "evacuate_unknown_vm_policy" in given:
-                continue
-            why = "poison status unknown, left by the default evacuate_unknown_vm_policy=leave"
-            fix = ("fix what prevented the check and re-run, or move it anyway with "
-                   "-e evacuate_unknown_vm_policy=migrate (it may hold poisoned pages), or leave it on purpose with "
-                   "-e evacuate_unknown_vm_policy=leave or %s" % keep)
+            why = "%s, left by the default %s=leave" % (what, policy)
+            fix = "%s, or leave it on purpose with -e %s=leave or %s" % (move, policy, keep)
         else:
             why = vm.get("reason") or "left on the source"
             fix = "fix the cause and re-run, or leave it on purpose with %s" % keep

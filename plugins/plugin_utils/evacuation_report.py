@@ -110,7 +110,7 @@ def vm_outcome(vm, results):
 # --------------------------------------------------------------------------- verification --
 
 def _where(name, uuid, states):
-    """Where a VM runs and is defined, from post-run host_capacity results.
+    """Where a VM runs and is defined, from post-run host_capacity_info results.
 
     Returns (running, defined, unknown, undefined_unknown): hosts where it runs; hosts where
     it is persistently defined; hosts that could not be asked at all; hosts whose libvirt did
@@ -142,7 +142,7 @@ def _where(name, uuid, states):
 def verify(plan, outcomes, states):
     """Check every VM of the source after the run. Returns one record per VM.
 
-    ``states``: host -> host_capacity result taken after the run, for the source and every
+    ``states``: host -> host_capacity_info result taken after the run, for the source and every
     target (a failed result that lists ``qemu_processes`` still tells where QEMU runs).
     Each record: name, status (FINAL_STATUSES), running_on, defined_on, problems (each one
     fails the run) and notes.

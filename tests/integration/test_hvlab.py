@@ -10,8 +10,7 @@ stops it.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HVLAB = REPO / "lab" / "hvlab"
-HVLAB_CODE = REPO / "lab" / "hvlab.d" / "hvlab.py"
+HVLAB_PACKAGE_DIR = REPO / "lab" / "hvlab.d"  # the package hvlab (lab/hvlab runs hvlab.cli)
 TICK = re.compile(r"^tick (\d+)\r?$", re.M)
 
 pytestmark = pytest.mark.skipif(
@@ -55,12 +54,11 @@ def docker_objects():
     return sorted(filter(None, containers)), sorted(named), network, dockerd
 
 
-def load_hvlab_module():
-    loader = importlib.machinery.SourceFileLoader("hvlab_under_test", str(HVLAB_CODE))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+def load_hvlab_module(name):
+    """The module ``name`` of the lab's package lab/hvlab.d/hvlab (standard library only)."""
+    if str(HVLAB_PACKAGE_DIR) not in sys.path:
+        sys.path.insert(0, str(HVLAB_PACKAGE_DIR))
+    return importlib.import_module("hvlab." + name)
 
 
 def serial_counters(host, guest):
@@ -121,7 +119,7 @@ def test_up_again_reuses_the_running_lab(lab):
 
 def test_dockerd_of_the_lab_can_run_privileged_containers(lab):
     """The real daemon passes the same check lab/hvlab applies to a dockerd it did not start."""
-    module = load_hvlab_module()
+    module = load_hvlab_module("dockerd")
     info = json.loads(docker("info", "--format", "{{json .}}"))
     problem = module.foreign_daemon_problem(info, [lab["dockerd"]["pid"] or 0], module.missing_capabilities())
     assert problem is None, problem and problem.problem
@@ -272,7 +270,7 @@ def test_inventories_match_the_lab(lab):
 
 def test_apt_sources_come_from_the_machine_config():
     """Parsing copies Debian 12's own formats: deb822 debian.sources and one-line sources.list."""
-    module = load_hvlab_module()
+    module = load_hvlab_module("image")
     deb822 = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates trixie\n"
               "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
               "Types: deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n\n"
@@ -292,7 +290,7 @@ def test_apt_sources_come_from_the_machine_config():
 
 def test_foreign_dockerd_without_runtime_wrapper_is_refused():
     """`docker info` of Debian's docker.io 20.10 as started by systemd (default runtime runc)."""
-    module = load_hvlab_module()
+    module = load_hvlab_module("dockerd")
     info = {"ServerVersion": "20.10.24+dfsg1", "DefaultRuntime": "runc",
             "Runtimes": {"io.containerd.runc.v2": {"path": "runc"}, "runc": {"path": "runc"}},
             "SecurityOptions": ["name=seccomp,profile=default"]}
@@ -311,6 +309,6 @@ def test_foreign_dockerd_without_runtime_wrapper_is_refused():
 
 def test_missing_capabilities_reads_the_bounding_set():
     """CapBnd 0x1fffeffffff with cap_last_cap 40 is this machine class (CAP_SYS_RESOURCE gone)."""
-    module = load_hvlab_module()
+    module = load_hvlab_module("dockerd")
     assert module.missing_capabilities("CapBnd:\t000001fffeffffff\n", 40) == ["CAP_SYS_RESOURCE"]
     assert module.missing_capabilities("CapBnd:\t000001ffffffffff\n", 40) == []

@@ -18,12 +18,12 @@ into the hypervisor lab's dockerd. The role runs against a container of that ima
 from __future__ import annotations
 
 import hashlib
-import importlib.machinery
-import importlib.util
+import importlib
 import json
 import os
 import re
 import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -44,11 +44,11 @@ BINARY = "/usr/bin/qemu-system-x86_64"
 
 
 def _hvlab_module():
-    loader = importlib.machinery.SourceFileLoader("hvlab_for_trixie", str(REPO / "lab" / "hvlab.d" / "hvlab.py"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    """The image module of the lab's package lab/hvlab.d/hvlab (apt sources, mmdebstrap options)."""
+    package_dir = str(REPO / "lab" / "hvlab.d")
+    if package_dir not in sys.path:
+        sys.path.insert(0, package_dir)
+    return importlib.import_module("hvlab.image")
 
 
 def _docker(*args, timeout=300, check=True):

@@ -7,7 +7,7 @@ of playbooks/evacuate_host.yml on per-VM hosts (local connection), then the real
 VM and write the report" task of its verify play on localhost. The plan is made by the
 evacuation rules (plugins/plugin_utils) for a source with two clean VMs; the registered results
 are shaped as Ansible registers them (a skipped step is ``{"skipped": true}``) and as
-live_migrate returns them (``duration_seconds``, ``started_at``); the host_capacity results
+live_migrate returns them (``duration_seconds``, ``started_at``); the host_capacity_info results
 after the run are a loop's ``results`` (each with its ``item``).
 """
 

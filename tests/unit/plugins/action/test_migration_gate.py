@@ -75,7 +75,7 @@ def make_action(args, check_mode=False, execute_result=None, host_now=HOST_NOW):
 
 
 def test_argument_spec_comes_from_the_documented_options_and_matches_the_decision_table():
-    spec = action_mod.ARGUMENT_SPEC
+    spec = action_mod.ActionModule.argument_spec
     assert set(spec) == {"vms", "operation", "on_poisoned", "on_unknown", "poison_info", "max_result_age"}
     assert spec["max_result_age"] == {"type": "int", "default": gate.DEFAULT_MAX_RESULT_AGE}
     assert spec["operation"]["choices"] == list(gate.OPERATIONS)

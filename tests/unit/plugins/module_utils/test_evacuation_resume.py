@@ -3,7 +3,7 @@
 the report directory (item 9), the journal's resume decisions, the report of what a run
 resumed, and a source that cannot be asked at the end of a run (item 7).
 
-host_capacity results are shaped as in test_evacuation.py (libvirt 9.0 lab hypervisors); an
+host_capacity_info results are shaped as in test_evacuation.py (libvirt 9.0 lab hypervisors); an
 unreachable host is Ansible's ``{"unreachable": true, "msg": ...}`` and a host whose module
 failed (the docker connection cannot exec) is ``{"failed": true, "msg": "MODULE FAILURE..."}``.
 """

@@ -263,7 +263,7 @@ def kvm_vm():
 
 
 def all_paths(vm, exists=True):
-    """host_capacity's ``paths`` of the target for every file/block path of the VM."""
+    """host_capacity_info's ``paths`` of the target for every file/block path of the VM."""
     paths = {}
     for disk in vm["disks"]:
         for path in ([disk["path"]] if disk["path"] and disk["type"] in ("file", "block") else []) + disk["backing"]:

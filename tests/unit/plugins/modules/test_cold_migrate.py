@@ -38,7 +38,7 @@ def fixture_world(monkeypatch, tmp_path):
 
 
 def run(world, transient=False, **args):
-    args = {"name": NAME, "dest_uri": DST, "wait": 0, "shutdown_timeout": 1, **args}
+    args = {"name": NAME, "dest_uri": DST, "wait_timeout": 0, "shutdown_timeout": 1, **args}
     if transient:
         args["restore_dir"] = str(world.tmp / "restore")
     with patch_module_args(args):

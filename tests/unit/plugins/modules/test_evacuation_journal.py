@@ -44,7 +44,7 @@ def fixture_world(monkeypatch, tmp_path):
 
 
 def run(world, check_mode=False, **args):
-    args = {"journal_dir": world.journal_dir, "restore_dir": world.restore_dir, "wait": 5, **args}
+    args = {"journal_dir": world.journal_dir, "restore_dir": world.restore_dir, "wait_timeout": 5, **args}
     if check_mode:
         args["_ansible_check_mode"] = True
     with patch_module_args(args):
@@ -196,7 +196,7 @@ def test_resume_waits_for_a_module_of_the_dead_run_that_still_works(world):
     assert held.acquire()
     try:
         dead_run_entry(world, operation="cold_migrate")
-        out = run(world, state="resume", wait=0)
+        out = run(world, state="resume", wait_timeout=0)
     finally:
         held.release()
     assert out.failed is True and "still works on it" in out.result["resumed"][0]["message"]

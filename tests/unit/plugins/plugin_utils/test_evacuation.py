@@ -3,7 +3,7 @@
 outcomes, verification, report and the exit-status rule.
 
 Fixtures are shaped like the real results the playbook feeds these functions:
-- ``host_capacity`` results as the module returns them on a lab hypervisor (libvirt 9.0,
+- ``host_capacity_info`` results as the module returns them on a lab hypervisor (libvirt 9.0,
   64 MiB / 1 vCPU TCG "tick" guests, 2 host CPUs, ~20 GiB free memory);
 - ``poison_info`` results in the shared contract (team brief): vms with name, uuid, status,
   evidence, migration_guard, reasons;
@@ -537,7 +537,7 @@ def test_verify_stayed_left_down_duplicate_unverified():
 
 
 def test_verify_uses_qemu_processes_when_libvirt_is_down():
-    # host_capacity on a host whose libvirtd is stopped: failed, but QEMU processes listed
+    # host_capacity_info on a host whose libvirtd is stopped: failed, but QEMU processes listed
     dead = {"failed": True, "msg": "Failed to connect socket to '/var/run/libvirt/libvirt-sock'",
             "qemu_processes": [{"name": "a", "pid": 4242, "uuid": "uuid-a"}]}
     rec = verify_one(evplan.ACTION_LIVE, states(hv1=[], hv2=[], hv3=dead), target="hv3")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: host_capacity
+module: host_capacity_info
 short_description: Capacity, VMs, cordon and evacuation lock of a KVM/libvirt hypervisor
 version_added: 0.1.0
 description:
@@ -63,7 +63,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: What can hv2 take?
-  kvm_ras.poison_guard.host_capacity:
+  kvm_ras.poison_guard.host_capacity_info:
   register: hv2_capacity
 
 - name: Show free memory and vCPUs in use
@@ -71,7 +71,7 @@ EXAMPLES = r"""
     msg: "{{ hv2_capacity.memory_free_mib }} MiB free, {{ hv2_capacity.running_vcpus }} vCPUs of {{ hv2_capacity.cpus }} CPUs in use"
 
 - name: Does hv3 see the disk images of the VMs of hv1?
-  kvm_ras.poison_guard.host_capacity:
+  kvm_ras.poison_guard.host_capacity_info:
     paths:
       - /var/lib/libvirt/images/shared/web01.qcow2
   delegate_to: hv3
