@@ -24,7 +24,7 @@ Exits non-zero when a check fails.
     .venv/bin/python benchmarks/poison_holes.py [--qemu-binary PATH] [--rounds 3] [--ram-mib 256]
 
 Without --qemu-binary the package is taken from the CI cache the tests use (and built there on
-first use, about 8 minutes), as tests/integration/test_patched_qemu_poison_lab.py does.
+first use, about 8 minutes), as the integration tests do (tests/integration/patched_qemu_package.py).
 """
 
 from __future__ import annotations
@@ -170,11 +170,9 @@ def patched_binary(workdir):
     sys.path.insert(0, subprocess.run([str(REPO / "tools" / "collection-link")], capture_output=True, text=True,
                                       check=True).stdout.strip())
     # pylint: disable=import-outside-toplevel
-    import test_patched_qemu_poison_lab as lab_test
-    package = lab_test._obtain_package(workdir, lab_test._host_source_version())  # pylint: disable=protected-access
-    root = workdir / "root"
-    subprocess.run(["dpkg-deb", "--extract", package["path"], str(root)], check=True)
-    return str(root / "usr" / "bin" / "qemu-system-x86_64")
+    import patched_qemu_package
+    package = patched_qemu_package.obtain_package(workdir, patched_qemu_package.host_source_version())
+    return str(patched_qemu_package.extract_binary(package, workdir))
 
 
 def main(argv=None):
@@ -196,8 +194,7 @@ def main(argv=None):
         binary = args.qemu_binary or patched_binary(workdir)
         blob = workdir / "data.bin"
         with open(blob, "wb") as f:
-            for _ in range(args.data_mib):
-                f.write(os.urandom(1 << 20))
+            f.write(os.urandom(args.data_mib << 20))
         records = []
         for number in range(1, args.rounds + 1):
             for with_hole in (False, True):

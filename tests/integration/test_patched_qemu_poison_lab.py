@@ -18,11 +18,7 @@ machine checks enabled:
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -34,71 +30,8 @@ from poison_lab_fixture import checks, get_run, poison_lab_run  # noqa: F401  py
 pytestmark = [pytest.mark.poison_lab, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("KVM_RAS_PATCHED_QEMU_CACHE") or "/var/cache/kvm_ras/ci/patched_qemu")
-CHECKSUMS = Path(os.environ.get("KVM_RAS_PATCHED_QEMU_CHECKSUMS") or "/var/lib/kvm_ras/ci/patched_qemu.sha256")
 EXPERIMENT = "qemu-kvm-mce"  # inner QEMU under nested KVM, guest with CR4.MCE, page still mapped
 SIGBUS = 7
-
-
-def _host_source_version() -> str:
-    proc = subprocess.run(["dpkg-query", "--show", "--showformat=${source:Version}", "qemu-system-x86"],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        # the poison lab installs qemu-system-x86 on this machine; let it do so first
-        sys.path.insert(0, str(REPO / "lab" / "poison"))
-        from poisonlab import hostsetup  # pylint: disable=import-outside-toplevel
-
-        hostsetup.ensure_packages(install=True)
-        proc = subprocess.run(["dpkg-query", "--show", "--showformat=${source:Version}", "qemu-system-x86"],
-                              capture_output=True, text=True, check=True)
-    return proc.stdout.strip()
-
-
-def _obtain_package(workdir: Path, source_version: str) -> dict:
-    """The role's build entry point on localhost; returns its patched_qemu_packages record."""
-    playbook = workdir / "build.yml"
-    out = workdir / "packages.json"
-    playbook.write_text(textwrap.dedent(f"""\
-        - name: Obtain the patched QEMU package for this machine
-          hosts: localhost
-          gather_facts: false
-          tasks:
-            - name: Build or reuse
-              ansible.builtin.include_role:
-                name: kvm_ras.poison_guard.patched_qemu
-                tasks_from: build
-              vars:
-                patched_qemu_builder: localhost
-                patched_qemu_build_source_versions: [{json.dumps(source_version)}]
-                patched_qemu_controller_cache_dir: {json.dumps(str(CACHE))}
-                patched_qemu_checksum_file: {json.dumps(str(CHECKSUMS))}
-            - name: Write the package record
-              ansible.builtin.copy:
-                content: "{{{{ patched_qemu_packages | to_json }}}}"
-                dest: {json.dumps(str(out))}
-                mode: "0644"
-        """))
-    inventory = workdir / "inventory.ini"
-    inventory.write_text("localhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n")
-    ansible_playbook = Path(sys.executable).with_name("ansible-playbook")
-    proc = subprocess.run([str(ansible_playbook), "-i", str(inventory), str(playbook)],
-                          capture_output=True, text=True, check=False, cwd=str(REPO), timeout=5400)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())[source_version]
-
-
-@pytest.fixture(scope="session")
-def patched_binary(tmp_path_factory) -> dict:
-    if os.geteuid() != 0:
-        pytest.skip("building and booting the poison lab needs root")
-    workdir = tmp_path_factory.mktemp("patched-qemu")
-    source_version = _host_source_version()
-    package = _obtain_package(workdir, source_version)
-    root = workdir / "root"
-    subprocess.run(["dpkg-deb", "--extract", package["path"], str(root)], check=True)
-    binary = root / "usr" / "bin" / "qemu-system-x86_64"
-    assert binary.is_file()
-    return {"binary": binary, "package": package, "source_version": source_version}
 
 
 @pytest.fixture(scope="session")

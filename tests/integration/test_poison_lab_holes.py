@@ -34,7 +34,6 @@ from __future__ import annotations
 import pytest
 
 from poison_lab_fixture import checks, get_run
-from test_patched_qemu_poison_lab import patched_binary  # noqa: F401  pylint: disable=unused-import
 
 pytestmark = [pytest.mark.poison_lab, pytest.mark.slow]
 
