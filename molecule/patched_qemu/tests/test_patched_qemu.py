@@ -1,7 +1,8 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Checks after converge (and the idempotent re-run) of the patched_qemu scenario.
 
-Every test runs on both hypervisor containers. The functional proof is repeated here with the
+Every test runs on both patch-strategy hypervisor containers (hv3 takes the distro_backport
+strategy: test_distro_backport.py). The functional proof is repeated here with the
 collection's modules, independently of the role's verification: qemu_guard_selftest calls QEMU's
 kvm_hwpoison_page_add() in a throw-away guest's process (plain ptrace, general-purpose registers
 only, so it works on CPUs with AMX, where gdb's inferior calls fail), then QMP ``migrate`` must be refused with the
@@ -15,7 +16,7 @@ import json
 import shlex
 from pathlib import Path
 
-testinfra_hosts = ["hypervisors"]
+testinfra_hosts = ["patched-qemu-hv1", "patched-qemu-hv2"]
 
 REPO = Path(__file__).resolve().parents[3]
 MODULE_UTILS = REPO / "plugins" / "module_utils"
