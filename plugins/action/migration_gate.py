@@ -67,6 +67,11 @@ class ActionModule(ActionBase):
             task_vars = {}
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
 
+        try:
+            gate.check_holes_options(args["operation"], args["on_poisoned"], args["target_facts"])
+        except gate.GateInputError as exc:
+            raise AnsibleActionFail(str(exc)) from exc
+
         poison = args["poison_info"]
         gathered = poison is None
         if gathered:
@@ -78,7 +83,7 @@ class ActionModule(ActionBase):
                     "%s failed on this host, so the gate cannot decide and blocks everything (fail "
                     "closed): %s" % (POISON_INFO_MODULE, poison.get("msg") or "no message"),
                     result={"poison_info": poison, "allowed": [], "blocked": [], "unguarded": [],
-                            "decisions": []},
+                            "with_holes": [], "decisions": []},
                 )
 
         age = None
@@ -93,12 +98,13 @@ class ActionModule(ActionBase):
             except gate.GateInputError as exc:
                 raise AnsibleActionFail(
                     "%s; nothing is allowed (fail closed)" % exc,
-                    result={"allowed": [], "blocked": [], "unguarded": [], "decisions": []},
+                    result={"allowed": [], "blocked": [], "unguarded": [], "with_holes": [],
+                            "decisions": []},
                 ) from exc
 
         try:
             decision = gate.evaluate(poison, args["vms"], args["operation"], args["on_poisoned"],
-                                     args["on_unknown"])
+                                     args["on_unknown"], target_facts=args["target_facts"])
         except gate.GateInputError as exc:
             raise AnsibleActionFail(str(exc)) from exc
 
