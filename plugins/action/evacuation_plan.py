@@ -31,8 +31,9 @@ class ActionModule(action_support.ControllerAction):
                 raise AnsibleActionFail("the %s step failed, so the evacuation cannot decide and stops before any "
                                         "change (fail closed): %s" % (name, args[name].get("msg") or "no message"))
         try:
+            holes = action_support.by_host(args["holes_targets"]) if args["holes_targets"] is not None else None
             plan = rules.build_plan(request, source, action_support.by_host(args["targets"]), args["poison_info"],
-                                    args["gate"], preflight=args["preflight"])
+                                    args["gate"], preflight=args["preflight"], holes_facts=holes)
         except rules.EvacuationInputError as exc:
             raise AnsibleActionFail(str(exc), result={"problems": exc.problems}) from exc
         lines = rules.render_plan(plan, request, check_mode=args["check_mode"])

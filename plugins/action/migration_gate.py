@@ -59,6 +59,11 @@ class ActionModule(action_support.DocumentedAction):
         return boot_id, uptime, hostname
 
     def act(self, args, result, task_vars):
+        try:
+            gate.check_holes_options(args["operation"], args["on_poisoned"], args["target_facts"])
+        except gate.GateInputError as exc:
+            raise AnsibleActionFail(str(exc)) from exc
+
         poison = args["poison_info"]
         gathered = poison is None
         if gathered:
@@ -70,7 +75,7 @@ class ActionModule(action_support.DocumentedAction):
                     "%s failed on this host, so the gate cannot decide and blocks everything (fail "
                     "closed): %s" % (POISON_INFO_MODULE, poison.get("msg") or "no message"),
                     result={"poison_info": poison, "allowed": [], "blocked": [], "unguarded": [],
-                            "decisions": []},
+                            "with_holes": [], "decisions": []},
                 )
 
         age = None
@@ -85,12 +90,13 @@ class ActionModule(action_support.DocumentedAction):
             except gate.GateInputError as exc:
                 raise AnsibleActionFail(
                     "%s; nothing is allowed (fail closed)" % exc,
-                    result={"allowed": [], "blocked": [], "unguarded": [], "decisions": []},
+                    result={"allowed": [], "blocked": [], "unguarded": [], "with_holes": [],
+                            "decisions": []},
                 ) from exc
 
         try:
             decision = gate.evaluate(poison, args["vms"], args["operation"], args["on_poisoned"],
-                                     args["on_unknown"])
+                                     args["on_unknown"], target_facts=args["target_facts"])
         except gate.GateInputError as exc:
             raise AnsibleActionFail(str(exc)) from exc
 

@@ -16,6 +16,9 @@ status       policy                   outcome
 clean        any                      allowed
 poisoned     on_poisoned=fail         blocked, task fails, reason UPSTREAM_REFUSAL
 poisoned     on_poisoned=skip         blocked, task goes on, reason UPSTREAM_REFUSAL
+poisoned     on_poisoned=             allowed (``with_holes``) when every condition of
+             migrate_with_holes       ``holes_blockers`` holds; else blocked, task fails,
+                                      UPSTREAM_REFUSAL and each failed condition
 unknown      on_unknown=fail          blocked, task fails
 unknown      on_unknown=skip          blocked, task goes on
 unknown      on_unknown=allow         allowed, with a warning
@@ -24,6 +27,15 @@ missing      on_unknown=fail|allow    blocked, task fails (nothing was inspected
 ambiguous    on_unknown=skip          blocked, task goes on
 ambiguous    on_unknown=fail|allow    blocked, task fails (name answers to >1 VM)
 ===========  =======================  ==========================================
+
+``on_poisoned=migrate_with_holes`` (operation ``live_migration`` only) lets a poisoned VM through
+when its holes can be carried to the target by the ``x-poison-holes`` migration capability of
+the patched_qemu role's QEMU (``holes_blockers``, the one rule of it, also used by the
+evacuation plan and by live_migrate's check right before the migration). Every condition must
+hold: the VM's running QEMU binary carries the capability, the target's QEMU carries it, the
+target's kernel has UFFDIO_POISON, and every hole poison_info found is in QEMU's own list
+(``holes_unknown_to_qemu`` is an empty list; null means unknown). Otherwise the VM is blocked,
+the task fails, and each failed condition is named with its fix.
 
 ``check_origin`` refuses, before any decision, a result of another host or boot or older than
 ``max_result_age`` (see its docstring).
@@ -39,7 +51,9 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages impo
 
 STATUSES = ("poisoned", "clean", "unknown")
 OPERATIONS = ("live_migration", "save", "memory_snapshot", "dump")
-ON_POISONED = ("fail", "skip")
+MIGRATE_WITH_HOLES = "migrate_with_holes"
+ON_POISONED = ("fail", "skip", MIGRATE_WITH_HOLES)
+TARGET_FACT_KEYS = ("poison_holes", "uffd_poison")
 ON_UNKNOWN = ("fail", "skip", "allow")
 
 ALLOW = "allow"
@@ -93,15 +107,84 @@ def _check_choice(label, value, choices):
         )
 
 
+def check_target_facts(target_facts):
+    """Validate the target facts of ``on_poisoned=migrate_with_holes``; returns them.
+
+    ``target_facts``: ``{"poison_holes": bool|None, "uffd_poison": bool|None}`` (the target's
+    ``qemu_guard_info`` ``binary.poison_holes`` and ``poison_info`` ``host.uffd_poison``; None
+    means not known), optionally ``name`` (the target, for the messages). Raises GateInputError.
+    """
+    fix = ("give target_facts: {name: TARGET, poison_holes: <qemu_guard_info binary.poison_holes "
+           "of the target>, uffd_poison: <poison_info host.uffd_poison of the target>}")
+    if not isinstance(target_facts, dict):
+        raise GateInputError("on_poisoned=%s decides for one target and needs its facts, got "
+                             "target_facts=%r; %s" % (MIGRATE_WITH_HOLES, target_facts, fix))
+    for key in TARGET_FACT_KEYS:
+        if key not in target_facts:
+            raise GateInputError("target_facts has no %r; %s" % (key, fix))
+        if target_facts[key] is not None and not isinstance(target_facts[key], bool):
+            raise GateInputError("target_facts.%s must be true, false or null (not known), got %r; %s"
+                                 % (key, target_facts[key], fix))
+    return target_facts
+
+
+def holes_blockers(entry, target_facts):
+    """Why ``entry`` (a poison_info VM entry) cannot be live-migrated with its holes carried to
+    the target described by ``target_facts`` (see ``check_target_facts``): a list of reasons,
+    one per failed condition, each naming the fix; empty when every condition holds.
+
+    Fail closed: a fact that is missing or null counts as failed.
+    """
+    target = target_facts.get("name") or "the target"
+    blockers = []
+    if entry.get("binary_poison_holes") is not True:
+        blockers.append(
+            "the VM's running QEMU binary (%s) %s the x-poison-holes migration capability: a VM "
+            "keeps the binary it was started with, so install the patched_qemu role's package on "
+            "the source and restart the VM's QEMU (evacuate_poisoned_vm_policy=cold_migrate or "
+            "reboot_then_migrate), or move it cold" % (
+                entry.get("qemu_binary") or "unknown path",
+                "does not carry" if entry.get("binary_poison_holes") is False
+                else "could not be read to tell whether it carries"))
+    if target_facts.get("poison_holes") is not True:
+        blockers.append(
+            "%s's QEMU %s the x-poison-holes migration capability: deploy the patched_qemu role "
+            "(playbooks/deploy_patched_qemu.yml) on %s" % (
+                target, "does not carry" if target_facts.get("poison_holes") is False
+                else "is not known to carry", target))
+    if target_facts.get("uffd_poison") is not True:
+        blockers.append(
+            "%s's kernel %s UFFDIO_POISON (UFFD_FEATURE_POISON, Linux 6.6 or later), which the "
+            "destination QEMU needs to install each hole; boot %s with Linux 6.6+ (Debian 12: "
+            "the bookworm-backports kernel)" % (
+                target, "has no" if target_facts.get("uffd_poison") is False
+                else "was not shown to have", target))
+    unknown = entry.get("holes_unknown_to_qemu")
+    if unknown is None or not isinstance(unknown, list):
+        blockers.append(
+            "QEMU's own poison list (x-query-hwpoison) of the VM could not be compared with the "
+            "holes poison_info found (%s), so a hole QEMU would read cannot be ruled out; fix "
+            "that and run poison_info again" % (entry.get("qemu_hwpoison_problem") or "not read"))
+    elif unknown:
+        blockers.append(
+            "poisoned page(s) at hva %s are not in QEMU's own poison list: the migration would "
+            "read them and QEMU would die with SIGBUS (QEMU learns of a poisoned page only from "
+            "a SIGBUS); reboot the VM (evacuate_poisoned_vm_policy=reboot_then_migrate) or move "
+            "it cold" % ", ".join(str(hva) for hva in unknown))
+    return blockers
+
+
 def decide(status, operation, on_poisoned="fail", on_unknown="fail", missing=False,
-           ambiguous=None):
+           ambiguous=None, holes=None):
     """Decide for one VM.
 
     ``status`` is the VM's poison status from poison_info; any value other than ``poisoned``
     or ``clean`` is treated as ``unknown`` (fail closed). ``missing`` marks a VM that was
     asked for but is not in the poison_info result at all; ``ambiguous`` (a reason) marks a
     VM whose name (or the name asked for) belongs to more than one VM of the result. Both are
-    always blocked; the task fails unless ``on_unknown=skip``.
+    always blocked; the task fails unless ``on_unknown=skip``. ``holes``: with
+    ``on_poisoned=migrate_with_holes``, the ``holes_blockers`` of a poisoned VM (empty: it may
+    go with its holes carried).
 
     Returns a dict: ``decision`` (``allow``/``block``), ``fails`` (the task must fail),
     ``status`` (normalised), ``reason``, ``warning`` (text or None), ``operation_note``.
@@ -109,6 +192,7 @@ def decide(status, operation, on_poisoned="fail", on_unknown="fail", missing=Fal
     _check_choice("operation", operation, OPERATIONS)
     _check_choice("on_poisoned", on_poisoned, ON_POISONED)
     _check_choice("on_unknown", on_unknown, ON_UNKNOWN)
+    _check_holes_operation(operation, on_poisoned)
     note = OPERATION_NOTES[operation]
     if missing or ambiguous:
         return {
@@ -127,6 +211,30 @@ def decide(status, operation, on_poisoned="fail", on_unknown="fail", missing=Fal
             "reason": "no poisoned guest memory found",
             "warning": None,
             "operation_note": note,
+        }
+    if status == "poisoned" and on_poisoned == MIGRATE_WITH_HOLES:
+        if holes is None:
+            holes = ["the conditions of on_poisoned=%s were not checked" % MIGRATE_WITH_HOLES]
+        if not holes:
+            return {
+                "decision": ALLOW,
+                "fails": False,
+                "status": "poisoned",
+                "reason": ("poisoned, allowed with its holes carried (x-poison-holes): its QEMU "
+                           "and the target's carry the capability, the target's kernel has "
+                           "UFFDIO_POISON and QEMU lists every hole, so no poisoned page is read"),
+                "warning": None,
+                "operation_note": note,
+                "with_holes": True,
+            }
+        return {
+            "decision": BLOCK,
+            "fails": True,
+            "status": "poisoned",
+            "reason": "%s; not migrated with its holes because %s" % (UPSTREAM_REFUSAL, "; ".join(holes)),
+            "warning": None,
+            "operation_note": note,
+            "holes_blockers": list(holes),
         }
     if status == "poisoned":
         return {
@@ -157,6 +265,22 @@ def decide(status, operation, on_poisoned="fail", on_unknown="fail", missing=Fal
         "warning": None,
         "operation_note": note,
     }
+
+
+def _check_holes_operation(operation, on_poisoned):
+    if on_poisoned == MIGRATE_WITH_HOLES and operation != "live_migration":
+        raise GateInputError(
+            "on_poisoned=%s applies to operation=live_migration only (a save, snapshot or dump "
+            "has no destination QEMU to carry the holes to), got operation=%s; use "
+            "on_poisoned=fail or skip" % (MIGRATE_WITH_HOLES, operation))
+
+
+def check_holes_options(operation, on_poisoned, target_facts):
+    """The option checks of ``on_poisoned=migrate_with_holes``, for a caller that wants them
+    before it gathers anything; raises GateInputError."""
+    _check_holes_operation(operation, on_poisoned)
+    if on_poisoned == MIGRATE_WITH_HOLES:
+        check_target_facts(target_facts)
 
 
 def validate_poison_result(poison_result):
@@ -280,7 +404,8 @@ def _evidence_of(entry, status):
     return evidence
 
 
-def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="fail", on_unknown="fail"):
+def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="fail", on_unknown="fail",
+             target_facts=None):
     """Decide for every VM asked about (``vms``: names or UUIDs; default: every VM in the result,
     each on its own).
 
@@ -290,11 +415,17 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
 
     Returns a dict with ``allowed`` (names), ``blocked`` (list of {name, status, reason,
     evidence}), ``unguarded`` (names whose running QEMU lacks the guard: migration_guard false
-    or null), ``decisions`` (one per VM), ``warnings``, ``failed`` and ``msg``.
+    or null), ``with_holes`` (allowed names that may move only with ``x-poison-holes`` set,
+    ``on_poisoned=migrate_with_holes``), ``decisions`` (one per VM), ``warnings``, ``failed``
+    and ``msg``. ``target_facts``: see ``check_target_facts`` (needed with
+    ``on_poisoned=migrate_with_holes`` only).
     """
     _check_choice("operation", operation, OPERATIONS)
     _check_choice("on_poisoned", on_poisoned, ON_POISONED)
     _check_choice("on_unknown", on_unknown, ON_UNKNOWN)
+    _check_holes_operation(operation, on_poisoned)
+    if on_poisoned == MIGRATE_WITH_HOLES:
+        check_target_facts(target_facts)
     entries = validate_poison_result(poison_result)
     if vms is None:
         # every VM of the result, one by one: identity is the entry itself, never its name
@@ -310,7 +441,7 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
                 wanted.append(item)
         requests = [(item, _find_entries(entries, item)) for item in wanted]
 
-    allowed, blocked, unguarded, decisions, warnings = [], [], [], [], []
+    allowed, blocked, unguarded, decisions, warnings, with_holes = [], [], [], [], [], []
     for item, hits in requests:
         entry = hits[0] if len(hits) == 1 else None
         ambiguous = _ambiguity(entries, item, hits) if hits else None
@@ -319,14 +450,18 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
             name, guard, evidence = item, None, []
         elif ambiguous:
             outcome = decide(None, operation, on_poisoned, on_unknown, ambiguous=ambiguous)
-            if on_poisoned == "fail" and any(e.get("status") == "poisoned" for e in hits):
-                outcome["fails"] = True  # one of them is poisoned: on_poisoned=fail still holds
+            if on_poisoned in ("fail", MIGRATE_WITH_HOLES) and any(
+                    e.get("status") == "poisoned" for e in hits):
+                outcome["fails"] = True  # one of them is poisoned: a blocked poisoned VM fails the task
             name = entry["name"] if entry is not None else item
             guard = entry.get("migration_guard") if entry is not None else None
             evidence = [{"source": "migration_gate", "detail": "%s: %s (%s)" % (
                 e["name"], e.get("status"), _identity(e))} for e in hits]
         else:
-            outcome = decide(entry.get("status"), operation, on_poisoned, on_unknown)
+            holes = None
+            if on_poisoned == MIGRATE_WITH_HOLES and entry.get("status") == "poisoned":
+                holes = holes_blockers(entry, target_facts)
+            outcome = decide(entry.get("status"), operation, on_poisoned, on_unknown, holes=holes)
             name, guard = entry["name"], entry.get("migration_guard")
             evidence = _evidence_of(entry, outcome["status"])
             if guard is not True:
@@ -350,10 +485,15 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
             "operation_note": outcome["operation_note"],
             "migration_guard": guard,
             "in_poison_info": bool(hits),
+            "with_holes": bool(outcome.get("with_holes")),
         }
+        if "holes_blockers" in outcome:
+            decision["holes_blockers"] = outcome["holes_blockers"]
         decisions.append(decision)
         if outcome["decision"] == ALLOW:
             allowed.append(name)
+            if decision["with_holes"]:
+                with_holes.append(name)
         else:
             blocked.append({"name": name, "status": outcome["status"], "reason": outcome["reason"],
                             "evidence": evidence})
@@ -365,6 +505,7 @@ def evaluate(poison_result, vms=None, operation="live_migration", on_poisoned="f
         "allowed": allowed,
         "blocked": blocked,
         "unguarded": unguarded,
+        "with_holes": with_holes,
         "decisions": decisions,
         "warnings": warnings,
         "failed": bool(failing),

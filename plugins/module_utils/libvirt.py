@@ -18,6 +18,9 @@ Every module that talks to libvirt takes from here:
   failure, undefining that keeps NVRAM, polling until a domain runs.
 - ``domain_disks``: disk sources of a domain XML (the storage check of a cold migration).
 - ``QEMU_RUN_DIR`` / ``qemu_pid``: libvirt's pid file (or status XML) of a running domain.
+- ``load_qemu()`` / ``qmp``: libvirt-python's ``libvirt_qemu`` and one QMP command sent to a
+  running domain's QEMU through libvirt (``virDomainQemuMonitorCommand``; needs a read-write
+  connection, and libvirt marks the domain tainted ``custom-monitor`` in its log).
 
 Functions that call libvirt take the libvirt module (``binding``) as their first argument:
 the module passes the binding it loaded, so a unit test can hand in a stand-in.
@@ -25,6 +28,7 @@ the module passes the binding it loaded, so a unit test can hand in a stand-in.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -213,3 +217,45 @@ def wait_timeout_argument(default):
     seconds), formerly ``wait``: a name that in other collections (openstack.cloud,
     kubernetes.core) is a boolean."""
     return renamed_argument("wait", type="int", default=default)
+
+
+class QmpError(Exception):
+    """QEMU answered a QMP command with an error (``class`` and ``desc`` of its reply)."""
+
+    def __init__(self, klass, desc):
+        self.klass = klass or "GenericError"
+        self.desc = desc or ""
+        super().__init__("%s: %s" % (self.klass, self.desc))
+
+
+def load_qemu():
+    """``(libvirt_qemu module, None)``, or ``(None, traceback text)`` when it is missing."""
+    try:
+        import libvirt_qemu  # pylint: disable=import-outside-toplevel,import-error
+    except ImportError:
+        return None, traceback.format_exc()
+    return libvirt_qemu, None
+
+
+def qmp(qemu_binding, dom, command, arguments=None):
+    """Run one QMP command in ``dom``'s QEMU through libvirt and return its ``return`` member.
+
+    libvirt passes QEMU's reply through unchanged, an error reply included (libvirt 9.0,
+    ``qemuMonitorJSONArbitraryCommand``): that raises ``QmpError``. A failure of libvirt itself
+    raises its ``libvirtError``; a reply that is not QMP JSON raises ``QmpError``
+    (``InvalidReply``).
+    """
+    request = {"execute": command}
+    if arguments:
+        request["arguments"] = arguments
+    reply = qemu_binding.qemuMonitorCommand(dom, json.dumps(request), 0)
+    try:
+        data = json.loads(reply)
+    except (TypeError, ValueError) as exc:
+        raise QmpError("InvalidReply", "%s answered %r, not JSON: %s" % (command, reply, exc)) from exc
+    if not isinstance(data, dict):
+        raise QmpError("InvalidReply", "%s answered %r" % (command, reply))
+    if "error" in data:
+        error = data["error"] if isinstance(data["error"], dict) else {}
+        raise QmpError(error.get("class"), error.get("desc"))
+    return data.get("return")

@@ -15,7 +15,11 @@ be unit-tested without libvirt.
 - ``shape_job_stats(stats)``: libvirt's job statistics -> stable, unit-named keys.
 - ``where_running(source, destination, ...)``: ``source`` / ``destination`` / ``both`` / ``none``.
 - ``poison_precheck(uuid, name, ...)``: the poison_info detection core for exactly one domain,
-  right before its migration starts.
+  right before its migration starts; with ``target_facts`` (``poison_holes=true``) a poisoned
+  VM goes when the gate's ``holes_blockers`` rule finds nothing in the way.
+- ``dest_xml_with_poison_holes(xml)`` / ``without_poison_holes_arg(xml)``: the destination XML
+  that starts the incoming QEMU with ``-global migration.x-poison-holes=on``, and the
+  persistent definition without it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import re
 import threading
 import time
 import urllib.parse
+import xml.etree.ElementTree as ET
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import inventory
@@ -73,7 +79,15 @@ KNOWN_FLAG_VALUES = {
 # Typed migration parameters: our key -> (libvirt constant name, its string value).
 PARAM_NAMES = {
     "bandwidth": ("VIR_MIGRATE_PARAM_BANDWIDTH", "bandwidth"),
+    "dest_xml": ("VIR_MIGRATE_PARAM_DEST_XML", "destination_xml"),
+    "persist_xml": ("VIR_MIGRATE_PARAM_PERSIST_XML", "persistent_xml"),
 }
+
+# The migration capability of the patched_qemu role's x-poison-holes series and the QEMU
+# command-line property that sets it on a QEMU libvirt starts (docs/poison-holes.md).
+POISON_HOLES_CAPABILITY = "x-poison-holes"
+POISON_HOLES_GLOBAL = "migration.x-poison-holes=on"
+QEMU_XML_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 JOB_TYPES = {0: "none", 1: "bounded", 2: "unbounded", 3: "completed", 4: "failed", 5: "cancelled"}
 
@@ -134,6 +148,24 @@ def build_plan(options):
     if on_unknown not in POISON_CHECK_ON_UNKNOWN:
         raise MigrationInputError("on_unknown must be one of %s, got %r" % (
             ", ".join(POISON_CHECK_ON_UNKNOWN), on_unknown))
+    if opts.get("poison_holes"):
+        if opts.get("postcopy"):
+            raise MigrationInputError(
+                "poison_holes=true cannot be combined with postcopy=true: QEMU's x-poison-holes "
+                "refuses postcopy-ram (a hole must be installed before the guest runs on the "
+                "destination); set postcopy=false")
+        if opts.get("poison_check", False):
+            if opts.get("target_facts") is None:
+                raise MigrationInputError(
+                    "poison_holes=true with poison_check=true needs target_facts "
+                    "{poison_holes: <qemu_guard_info binary.poison_holes of the destination>, "
+                    "uffd_poison: <poison_info host.uffd_poison of the destination>}: the check "
+                    "right before the migration applies migration_gate's migrate_with_holes rule "
+                    "to the destination")
+            try:
+                gate.check_target_facts(opts["target_facts"])
+            except gate.GateInputError as exc:
+                raise MigrationInputError(str(exc)) from exc
 
     flags = [flag for option, flag in BOOLEAN_FLAGS if opts.get(option)]
     if COPY_STORAGE_FLAGS[copy_storage]:
@@ -148,6 +180,7 @@ def build_plan(options):
         "max_downtime": opts.get("max_downtime"),
         "postcopy": bool(opts.get("postcopy")),
         "dest_uri": opts["dest_uri"],
+        "poison_holes": bool(opts.get("poison_holes")),
     }
 
 
@@ -158,7 +191,8 @@ def source_is_local(uri):
     return not parsed.hostname and parsed.scheme.split("+")[-1] in ("", "unix", "qemu")
 
 
-def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, options=None):
+def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, options=None,
+                    target_facts=None):
     """Scan the one VM about to be migrated, right before the migration starts.
 
     Runs the poison_info detection core for exactly that domain (selected by ``uuid``, else by
@@ -166,6 +200,10 @@ def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, opt
     ``clean`` (or ``unknown`` with ``on_unknown="allow"``); ``report`` holds status, pid,
     start_ticks, reasons, poisoned pages and evidence; ``message`` says why not, with the
     evidence. ``collect``/``options`` replace the detection core and its options (tests).
+
+    ``target_facts`` (live_migrate's ``poison_holes=true``): a ``poisoned`` VM goes too when
+    migration_gate's ``migrate_with_holes`` rule (``gate.holes_blockers``) finds nothing in the
+    way for that target; ``report["with_holes"]`` then says so.
     """
     collect = collect or inventory.collect
     key = uuid or name
@@ -191,8 +229,10 @@ def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, opt
     entry = entries[0]
     report = {key_: entry.get(key_) for key_ in (
         "status", "pid", "start_ticks", "uuid", "reasons", "poisoned_pages", "evidence",
-        "migration_guard", "qemu_version")}
+        "migration_guard", "qemu_version", "binary_poison_holes", "qemu_hwpoison",
+        "holes_unknown_to_qemu")}
     report["seconds"] = seconds
+    report["with_holes"] = False
     report["origin"] = result.get("origin")
     status = entry.get("status")
     if status == "clean":
@@ -200,6 +240,16 @@ def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, opt
     evidence = "; ".join(
         "%s: %s" % (item.get("source"), item.get("detail")) for item in (entry.get("evidence") or [])
         if item.get("source") not in ("host", "guard"))
+    if status == "poisoned" and target_facts is not None:
+        blockers = gate.holes_blockers(entry, target_facts)
+        report["holes_blockers"] = blockers
+        if not blockers:
+            report["with_holes"] = True
+            return True, report, None
+        return False, report, (
+            "VM %r (QEMU pid %s) was scanned right before the migration and is poisoned, and it "
+            "cannot be migrated with its holes carried: %s. Nothing was started; the VM keeps "
+            "running on the source" % (name, entry.get("pid"), "; ".join(blockers)))
     if status == "poisoned":
         pages = ", ".join("%s (%s)" % (p.get("hva"), p.get("source")) for p in entry.get("poisoned_pages") or [])
         return False, report, (
@@ -214,6 +264,53 @@ def poison_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, opt
         "unknown: %s. Nothing was started; fix what the reasons name and retry, or set "
         "on_unknown=allow to migrate it anyway (a poisoned page would crash a QEMU older than 9.0)" % (
             name, entry.get("pid"), "; ".join(entry.get("reasons") or []) or "no reason given"))
+
+
+def _qemu_commandline(root):
+    return root.find("{%s}commandline" % QEMU_XML_NS)
+
+
+def _poison_holes_args(commandline):
+    """The ``-global migration.x-poison-holes=on`` pairs of a ``<qemu:commandline>``, as the
+    list of their two ``<qemu:arg>`` elements."""
+    args = commandline.findall("{%s}arg" % QEMU_XML_NS) if commandline is not None else []
+    pairs = []
+    for first, second in zip(args, args[1:]):
+        if first.get("value") == "-global" and second.get("value") == POISON_HOLES_GLOBAL:
+            pairs.append((first, second))
+    return pairs
+
+
+def dest_xml_with_poison_holes(xml_text):
+    """The domain XML ``xml_text`` with ``<qemu:commandline>`` passing ``-global
+    migration.x-poison-holes=on`` to the QEMU libvirt starts from it (added once; an existing
+    ``<qemu:commandline>`` keeps its other arguments). libvirt keeps the qemu namespace of a
+    migration's destination XML (its ABI check ignores it) and marks the domain tainted
+    ``custom-argv``."""
+    ET.register_namespace("qemu", QEMU_XML_NS)
+    root = ET.fromstring(xml_text)
+    commandline = _qemu_commandline(root)
+    if commandline is None:
+        commandline = ET.SubElement(root, "{%s}commandline" % QEMU_XML_NS)
+    if not _poison_holes_args(commandline):
+        ET.SubElement(commandline, "{%s}arg" % QEMU_XML_NS, {"value": "-global"})
+        ET.SubElement(commandline, "{%s}arg" % QEMU_XML_NS, {"value": POISON_HOLES_GLOBAL})
+    return ET.tostring(root, encoding="unicode")
+
+
+def without_poison_holes_arg(xml_text):
+    """The domain XML without the ``-global migration.x-poison-holes=on`` pair (and without an
+    empty ``<qemu:commandline>`` left behind): the persistent definition on the destination, so
+    the VM's next QEMU starts as any other."""
+    ET.register_namespace("qemu", QEMU_XML_NS)
+    root = ET.fromstring(xml_text)
+    commandline = _qemu_commandline(root)
+    for pair in _poison_holes_args(commandline):
+        for element in pair:
+            commandline.remove(element)
+    if commandline is not None and len(commandline) == 0:
+        root.remove(commandline)
+    return ET.tostring(root, encoding="unicode")
 
 
 def _libvirt(libvirt_module):

@@ -6,8 +6,8 @@
 Behind ``kvm_ras.poison_guard.qemu_guard_info`` and the ``patched_qemu`` role:
 
 - ``binary_facts``: does a QEMU binary carry the migration guard (the refusal message compiled
-  into it, found with the same ``BinaryInspector`` ``poison_info`` uses for running VMs), and
-  which version does it print;
+  into it, found with the same ``BinaryInspector`` ``poison_info`` uses for running VMs) and the
+  ``x-poison-holes`` migration capability, and which version does it print;
 - ``host_facts``: the installed QEMU packages (dpkg), who diverts the binary, apt's candidate,
   the holds, the build record of an installed patched package;
 - ``parity``: are the ``-device``/``-machine``/``-cpu``/``-accel``/``-display``/``-audiodev``/
@@ -44,6 +44,13 @@ def binary_guard(path: str) -> bool | None:
     return BinaryInspector().inspect(path)["carries_refusal"]
 
 
+def binary_poison_holes(path: str) -> bool | None:
+    """True when the binary carries the ``x-poison-holes`` migration capability (the
+    patched_qemu role's series that live-migrates a VM with poisoned memory); None when it
+    could not be read."""
+    return BinaryInspector().inspect(path)["poison_holes"]
+
+
 def binary_version(path: str, timeout: float = 30) -> dict:
     """Run ``<binary> --version`` and parse the upstream version."""
     proc = subprocess.run([path, "--version"], capture_output=True, text=True,
@@ -63,9 +70,11 @@ def binary_facts(path: str) -> dict:
     """The binary's path, whether it exists, carries the guard, and its ``--version``."""
     result = {"path": path, "realpath": os.path.realpath(path), "exists": os.path.exists(path)}
     if not result["exists"]:
-        result.update(guard=None, error="binary not found")
+        result.update(guard=None, poison_holes=None, error="binary not found")
         return result
-    result["guard"] = binary_guard(path)
+    inspected = BinaryInspector().inspect(path)
+    result["guard"] = inspected["carries_refusal"]
+    result["poison_holes"] = inspected["poison_holes"]
     result["refusal_message"] = UPSTREAM_REFUSAL
     result.update(binary_version(path))
     return result
@@ -149,7 +158,8 @@ def host_facts(binary: str, stock_package: str, package: str, diverted: str, bui
     candidate = result["apt"]["candidate"]
     result["apt"]["newer_than_installed"] = bool(installed and candidate and version_gt(candidate, installed))
     if os.path.exists(diverted):
-        result["diverted_binary"] = {"path": diverted, "guard": binary_guard(diverted)}
+        result["diverted_binary"] = {"path": diverted, "guard": binary_guard(diverted),
+                                     "poison_holes": binary_poison_holes(diverted)}
     try:
         with open(build_info, encoding="utf-8") as handle:
             result["build_info"] = json.load(handle)

@@ -66,6 +66,20 @@ options:
         its lines (per target and per VM C(usable), and why not, with the fix).
       - Left out, no preflight is applied (the playbook always gives it).
     type: dict
+  holes_targets:
+    description:
+      - With C(evacuate_poisoned_vm_policy=migrate_with_holes), the results of
+        M(kvm_ras.poison_guard.qemu_guard_info) on the targets (the C(results) of a loop over the
+        targets, or a dict target -> result); read only with that policy.
+      - A poisoned VM goes only to a target whose QEMU carries C(x-poison-holes)
+        (RV(kvm_ras.poison_guard.qemu_guard_info#module:binary.poison_holes)) and whose kernel
+        has C(UFFDIO_POISON) (RV(kvm_ras.poison_guard.qemu_guard_info#module:uffd_poison)), and
+        only when its own running QEMU carries the capability and lists every hole
+        (M(kvm_ras.poison_guard.migration_gate)'s C(migrate_with_holes) rule). A target whose
+        result is missing or failed does not qualify (fail closed). RV(plan.holes_targets) says
+        which targets qualify and why the others do not; a VM for which none does stays, with
+        the reasons.
+    type: raw
   check_mode:
     description: Say in the plan's title that nothing will change.
     type: bool
@@ -117,6 +131,14 @@ plan:
     moves:
       description: Number of VMs that move.
       type: int
+    holes_targets:
+      description:
+        - With C(evacuate_poisoned_vm_policy=migrate_with_holes), per target C(name),
+          C(qualifies), C(reasons) (each failed condition with its fix) and C(facts)
+          (C(poison_holes), C(uffd_poison)); null with another policy.
+        - A poisoned VM moved this way has C(with_holes=true) and C(target_facts) in RV(plan.vms).
+      type: list
+      elements: dict
   sample:
     source: hv1
     moves: 1

@@ -128,7 +128,11 @@ report:
     - The report (also written as JSON). C(vms) has one entry per VM of the source with
       C(name), C(status) (V(migrated), V(left), V(stayed), V(not_running), V(down),
       V(duplicate), V(unverified)), C(action), C(target), C(running_on), C(defined_on),
-      C(duration_s), C(failure_class), C(reason), C(steps), C(problems), C(notes), C(evidence).
+      C(duration_s), C(failure_class), C(reason), C(steps), C(problems), C(notes), C(evidence),
+      C(with_holes) (planned to move with its poisoned pages carried as holes,
+      C(evacuate_poisoned_vm_policy=migrate_with_holes)) and C(holes_carried) (the target QEMU's
+      poison list after that migration, RV(kvm_ras.poison_guard.live_migrate#module:holes_carried);
+      null otherwise).
     - C(resumed) lists what the run finished first of an interrupted run, one item per journal entry
       with C(name), C(operation), C(run_id), C(target), C(found), C(action), C(ok) and C(message).
     - C(left_on_source) names the VMs still on the source; C(left_without_consent) those of them the

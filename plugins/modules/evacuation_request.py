@@ -75,12 +75,16 @@ options:
   evacuate_poisoned_vm_policy:
     description:
       - What happens to a poisoned VM. V(leave) keeps it on the source; V(reboot_then_migrate) reboots it, checks it
-        again and migrates it only if it is clean; V(cold_migrate) shuts it down and starts it on a target.
+        again and migrates it only if it is clean; V(cold_migrate) shuts it down and starts it on a target;
+        V(migrate_with_holes) live-migrates it without downtime, its poisoned pages carried as holes by QEMU's
+        C(x-poison-holes) capability (docs/poison-holes.md), to a target whose QEMU carries the capability and
+        whose kernel has C(UFFDIO_POISON) (Linux 6.6+), when its own running QEMU carries it and lists every
+        hole; a poisoned VM for which no target qualifies stays, with the reason, and fails the run.
       - A VM left by the default fails the run at its end (after the report); give V(leave) explicitly to leave
         poisoned VMs on purpose.
       - Was C(poisoned_vm_policy) (deprecated name, read as an extra var until 1.0.0).
     type: str
-    choices: [leave, reboot_then_migrate, cold_migrate]
+    choices: [leave, reboot_then_migrate, cold_migrate, migrate_with_holes]
     default: leave
   evacuate_unknown_vm_policy:
     description:

@@ -184,6 +184,39 @@ options:
     type: str
     choices: [fail, allow]
     default: fail
+  poison_holes:
+    description:
+      - Live-migrate with QEMU's C(x-poison-holes) migration capability (the
+        C(kvm_ras.poison_guard.patched_qemu) role's QEMU 7.2 series, docs/poison-holes.md), so the
+        pages of QEMU's poison list are never read but sent as holes, and the destination
+        installs each one with C(UFFDIO_POISON) before the guest runs. This is how a V(poisoned)
+        VM moves without downtime.
+      - The module sets the capability on the source QEMU (QMP C(migrate-set-capabilities)
+        through libvirt) and gives libvirt a destination XML (C(VIR_MIGRATE_PARAM_DEST_XML)) that
+        starts the incoming QEMU with C(-global migration.x-poison-holes=on). The persistent
+        definition on the destination (C(VIR_MIGRATE_PARAM_PERSIST_XML)) is the source's
+        without that argument, so the VM's next QEMU starts as any other; the running QEMU on
+        the destination keeps the argument in its live XML until it is restarted, so a later
+        migration of it needs a destination with the series too. After a failed migration the
+        capability is switched off on the source again.
+      - With O(poison_check=true), a V(poisoned) VM is migrated only when
+        M(kvm_ras.poison_guard.migration_gate)'s
+        O(kvm_ras.poison_guard.migration_gate#module:on_poisoned=migrate_with_holes) rule holds
+        for it and O(target_facts) (its running QEMU carries the capability and lists every
+        hole, the destination's QEMU carries it and its kernel has C(UFFDIO_POISON)).
+      - After the migration, the destination QEMU's poison list is read (RV(holes_carried)).
+      - Not with O(postcopy=true) (QEMU refuses the combination).
+    type: bool
+    default: false
+  target_facts:
+    description:
+      - The destination's facts for the O(poison_check) of O(poison_holes=true) - C(poison_holes)
+        (the destination's RV(kvm_ras.poison_guard.qemu_guard_info#module:binary.poison_holes)),
+        C(uffd_poison) (the destination's RV(kvm_ras.poison_guard.poison_info#module:host)
+        C(uffd_poison)) and optionally C(name); the same as
+        O(kvm_ras.poison_guard.migration_gate#module:target_facts).
+      - Required when O(poison_holes=true) and O(poison_check=true).
+    type: dict
 notes:
   - The module never undefines or destroys a VM itself. It only asks libvirt to migrate,
     abort, or switch to post-copy.
@@ -379,6 +412,21 @@ failure:
       internal error: unable to execute QEMU command 'migrate': Can't migrate this vm with
       hardware poisoned memory, please reboot the vm and try again
     explanation: QEMU refused to migrate ...
+holes_carried:
+  description:
+    - The destination QEMU's poison list (QMP C(x-query-hwpoison)) after a migration with
+      O(poison_holes=true), one entry per page - C(block), C(offset), C(page-size), C(gpa),
+      C(hva) (the destination's address). Null when it could not be read (a warning says why).
+  returned: when O(poison_holes=true) and the VM was migrated
+  type: list
+  elements: dict
+  sample: [{"block": "pc.ram", "offset": 16777216, "page-size": 4096, "gpa": 16777216, "hva": 140121327190016}]
+holes_expected:
+  description: The source QEMU's poison list read by O(poison_check) right before the migration
+    (null when it was not read); RV(holes_carried) should list the same C(block) and C(offset).
+  returned: when O(poison_holes=true) and the VM was migrated
+  type: list
+  elements: dict
 aborted:
   description: True when the module asked libvirt to abort the job because O(timeout) passed.
   returned: always
@@ -403,6 +451,7 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvir
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import describe_os_error
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration import (
     CRITICAL_PLACEMENTS,
+    POISON_HOLES_CAPABILITY,
     POISON_CHECK_ON_UNKNOWN,
     POISON_UNKNOWN,
     POISONED,
@@ -410,6 +459,7 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration imp
     build_plan,
     classify_error,
     describe_abort,
+    dest_xml_with_poison_holes,
     poison_precheck,
     resolve_flags,
     resolve_params,
@@ -417,7 +467,9 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.migration imp
     progress_record,
     supervise,
     where_running,
+    without_poison_holes_arg,
 )
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import qemu_list
 
 # How long an aborted job may take to wind down before the module stops waiting for it.
 ABORT_GRACE_SECONDS = 60
@@ -449,7 +501,11 @@ ARGUMENT_SPEC = dict(
     progress_file=dict(type="path"),
     poison_check=dict(type="bool", default=True),
     on_unknown=dict(type="str", choices=list(POISON_CHECK_ON_UNKNOWN), default="fail"),
+    poison_holes=dict(type="bool", default=False),
+    target_facts=dict(type="dict"),
 )
+VIR_DOMAIN_XML_INACTIVE = 2
+VIR_DOMAIN_XML_MIGRATABLE = 8
 
 
 def domain_state(conn, name):
@@ -501,6 +557,7 @@ class LiveMigration:
         self.source = None
         self.dest = None
         self.control = None
+        self.qemu = None
         self.result = {
             "changed": False,
             "name": self.name,
@@ -597,11 +654,15 @@ class LiveMigration:
             uuid = self.source.lookupByName(self.name).UUIDString()
         except libvirt.libvirtError as exc:
             self.fail("cannot read the UUID of VM %r for the poison check: %s" % (self.name, exc))
-        go, report, message = poison_precheck(uuid, self.name, self.params["uri"],
-                                              self.params["on_unknown"])
+        go, report, message = poison_precheck(
+            uuid, self.name, self.params["uri"], self.params["on_unknown"],
+            target_facts=self.params["target_facts"] if self.params["poison_holes"] else None)
         self.result["poison_check"] = report
         if go:
-            if report.get("status") != "clean":
+            if report.get("with_holes"):
+                self.module.warn("VM %r is poisoned and is migrated with its holes carried (x-poison-holes): %s" % (
+                    self.name, ", ".join(p.get("hva") or "?" for p in report.get("poisoned_pages") or [])))
+            elif report.get("status") != "clean":
                 self.module.warn("VM %r is migrated with poison status %s because on_unknown=allow: %s" % (
                     self.name, report.get("status"), "; ".join(report.get("reasons") or [])))
             return
@@ -630,11 +691,69 @@ class LiveMigration:
                              "polling and abort share the migrating connection" % (self.params["uri"], exc))
             return dom
 
+    def poison_holes_params(self, dom):
+        """The destination and persistent XML of a migration with x-poison-holes (see the
+        option), and the capability set on the source QEMU. Fails the task before anything
+        moves when the source QEMU refuses the capability."""
+        qemu_binding, error = libvirt_adapter.load_qemu()
+        if qemu_binding is None:
+            self.fail("poison_holes=true needs libvirt_qemu of %s: %s" % (libvirt_adapter.LIBRARY, error))
+        self.qemu = qemu_binding
+        try:
+            live_xml = dom.XMLDesc(VIR_DOMAIN_XML_MIGRATABLE)
+            extra = {"dest_xml": dest_xml_with_poison_holes(live_xml)}
+            if self.params["persistent_dest"]:
+                persistent = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_MIGRATABLE) \
+                    if dom.isPersistent() else live_xml
+                extra["persist_xml"] = without_poison_holes_arg(persistent)
+        except libvirt.libvirtError as exc:
+            self.fail("cannot read the domain XML of %r for the migration with poison_holes: %s" % (self.name, exc))
+        try:
+            libvirt_adapter.qmp(qemu_binding, dom, "migrate-set-capabilities", {
+                "capabilities": [{"capability": POISON_HOLES_CAPABILITY, "state": True}]})
+        except (libvirt_adapter.QmpError, libvirt.libvirtError) as exc:
+            self.fail("the source QEMU of %r refused the %s migration capability (%s): its running binary "
+                      "lacks the patched_qemu role's x-poison-holes series (a VM keeps the binary it was "
+                      "started with); nothing was started and the VM keeps running on the source" % (
+                          self.name, POISON_HOLES_CAPABILITY, exc))
+        self.result["poison_holes_set"] = True
+        return extra
+
+    def reset_poison_holes(self, dom):
+        """Switch the capability off again on a source QEMU that still runs the VM after a failed
+        migration: left on, a later migration to a destination without it would be refused."""
+        try:
+            libvirt_adapter.qmp(self.qemu, dom, "migrate-set-capabilities", {
+                "capabilities": [{"capability": POISON_HOLES_CAPABILITY, "state": False}]})
+        except (libvirt_adapter.QmpError, libvirt.libvirtError) as exc:
+            self.module.warn("could not switch %s off again on the source QEMU of %r: %s" % (
+                POISON_HOLES_CAPABILITY, self.name, exc))
+
+    def read_holes_carried(self):
+        """The destination QEMU's poison list after the migration (None with a warning)."""
+        self.result["holes_expected"] = (self.result.get("poison_check") or {}).get("qemu_hwpoison")
+        self.result["holes_carried"] = None
+        try:
+            value = libvirt_adapter.qmp(self.qemu, self.dest.lookupByName(self.name), qemu_list.QUERY)
+            self.result["holes_carried"] = qemu_list.parse_entries(value)
+        except (libvirt_adapter.QmpError, libvirt.libvirtError, ValueError) as exc:
+            self.module.warn("could not read the poison list (%s) of %r on %s after the migration: %s" % (
+                qemu_list.QUERY, self.name, self.dest_uri, exc))
+            return
+        expected = self.result["holes_expected"]
+        if expected is not None:
+            carried = {(e["block"], e["offset"]) for e in self.result["holes_carried"]}
+            missing = [e for e in expected if (e["block"], e["offset"]) not in carried]
+            if missing:
+                self.module.warn("the destination QEMU of %r does not list %d hole(s) the source listed: %s" % (
+                    self.name, len(missing), ", ".join("%s+%#x" % (e["block"], e["offset"]) for e in missing)))
+
     def migrate(self, plan):
         dom = self.source.lookupByName(self.name)
+        extra = self.poison_holes_params(dom) if plan["poison_holes"] else {}
         ctl = self.open_control(dom)
         flags = resolve_flags(plan["flags"], libvirt)
-        params = resolve_params(plan["params"], libvirt)
+        params = resolve_params(dict(plan["params"], **extra), libvirt)
         downtime = {"pending": plan["max_downtime"]}
         if downtime["pending"]:
             try:
@@ -678,6 +797,11 @@ class LiveMigration:
         moved = dst_state == "running" and src_state != "running"
         self.result["changed"] = moved or self.result["placement"]["source"] != "running"
         self.result["migrated"] = moved
+        if plan["poison_holes"]:
+            if moved:
+                self.read_holes_carried()
+            elif src_state == "running":
+                self.reset_poison_holes(dom)
 
         if not outcome["finished"]:
             message = "the migration job was still running %d s after %s" % (

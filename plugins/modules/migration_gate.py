@@ -64,9 +64,30 @@ options:
     description:
       - V(fail) fails the task when any VM is V(poisoned). The message lists every blocked VM.
       - V(skip) blocks poisoned VMs but lets the task succeed. Loop over RV(allowed) afterwards.
+      - V(migrate_with_holes) (O(operation=live_migration) only) allows a poisoned VM to be
+        live-migrated with its holes carried to the target by the C(x-poison-holes) migration
+        capability of the C(kvm_ras.poison_guard.patched_qemu) role's QEMU (docs/poison-holes.md),
+        when B(all) of these hold - the VM's running QEMU binary carries the capability
+        (RV(kvm_ras.poison_guard.poison_info#module:vms[].binary_poison_holes)), the target's QEMU
+        carries it and the target's kernel has C(UFFDIO_POISON) (O(target_facts)), and every
+        hole C(poison_info) found is in QEMU's own poison list
+        (RV(kvm_ras.poison_guard.poison_info#module:vms[].holes_unknown_to_qemu) is an empty
+        list; null means unknown and blocks). Such a VM is listed in RV(with_holes) as well as
+        RV(allowed); migrate it with
+        O(kvm_ras.poison_guard.live_migrate#module:poison_holes=true). Otherwise it is blocked,
+        the task fails, and RV(decisions[].holes_blockers) names each failed condition and its fix.
     type: str
-    choices: [fail, skip]
+    choices: [fail, skip, migrate_with_holes]
     default: fail
+  target_facts:
+    description:
+      - The facts of the one target the VMs would go to, needed with
+        O(on_poisoned=migrate_with_holes) (and only read then).
+      - C(poison_holes) - the target's
+        RV(kvm_ras.poison_guard.qemu_guard_info#module:binary.poison_holes); C(uffd_poison) - the
+        target's RV(kvm_ras.poison_guard.poison_info#module:host) C(uffd_poison). Each true, false,
+        or null (not known, which blocks). C(name) (optional) names the target in the reasons.
+    type: dict
   on_unknown:
     description:
       - What to do with VMs whose poison status is V(unknown), meaning their memory could not
@@ -194,6 +215,15 @@ unguarded:
   type: list
   elements: str
   sample: [web01]
+with_holes:
+  description:
+    - Names of the allowed VMs that are poisoned and may move only with their holes carried
+      (O(on_poisoned=migrate_with_holes)); migrate them with
+      O(kvm_ras.poison_guard.live_migrate#module:poison_holes=true).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 decisions:
   description: One decision per VM asked about.
   returned: always
@@ -236,6 +266,14 @@ decisions:
     in_poison_info:
       description: False when the VM was asked for but missing from the C(poison_info) result.
       type: bool
+    with_holes:
+      description: True when the VM is allowed only with its holes carried (O(on_poisoned=migrate_with_holes)).
+      type: bool
+    holes_blockers:
+      description: With O(on_poisoned=migrate_with_holes), each condition a poisoned VM failed, with its fix.
+      type: list
+      elements: str
+      returned: when a poisoned VM was blocked under O(on_poisoned=migrate_with_holes)
 operation:
   description: The operation decided for.
   returned: always

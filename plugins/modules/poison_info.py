@@ -220,6 +220,38 @@ vms:
       description: True when the running binary is QEMU 9.0+ or carries the refusal message.
       type: bool
       sample: false
+    binary_poison_holes:
+      description:
+        - True when the running binary carries the C(x-poison-holes) migration capability (the
+          C(kvm_ras.poison_guard.patched_qemu) role's series that live-migrates a VM with
+          poisoned memory by carrying its holes); null when it could not be read.
+      type: bool
+      sample: true
+    qemu_hwpoison:
+      description:
+        - QEMU's own poison list (QMP C(x-query-hwpoison), through libvirt), one entry per
+          poisoned page - C(block), C(offset), C(page-size), C(gpa) (absent when the page is
+          not mapped into the guest) and C(hva), as numbers.
+        - Read only from a QEMU started by libvirt whose binary carries C(x-poison-holes)
+          (RV(vms[].binary_poison_holes)); null otherwise or when it could not be read, with
+          the reason in RV(vms[].qemu_hwpoison_problem). Reading it needs a read-write libvirt
+          connection (root); libvirt then notes the domain as tainted C(custom-monitor) in its log.
+      type: list
+      elements: dict
+      sample: [{"block": "pc.ram", "offset": 524288, "page-size": 4096, "gpa": 524288, "hva": 139706426195968}]
+    qemu_hwpoison_problem:
+      description: Why RV(vms[].qemu_hwpoison) is null; null when it was read.
+      type: str
+      sample: null
+    holes_unknown_to_qemu:
+      description:
+        - The C(hva) of every page of RV(vms[].poisoned_pages) that QEMU's list does not cover
+          (hex strings). A live migration with C(x-poison-holes) sends the pages of QEMU's list as
+          holes and reads every other page, so it is safe only when this is empty.
+        - Null when QEMU's list could not be read (unknown, never empty).
+      type: list
+      elements: str
+      sample: []
     reasons:
       description: Why the status is V(unknown); empty otherwise.
       type: list
@@ -301,6 +333,11 @@ host:
     - Host-level figures. C(hardware_corrupted_kb) is null when the kernel has no
       C(HardwareCorrupted) line (no CONFIG_MEMORY_FAILURE); C(memory_failure) is null before
       Linux 6.3; C(hwpoison_swap_type) is derived from the kernel build config (null when unknown).
+    - C(uffd_poison) says whether the running kernel can install a poisoned page with
+      C(UFFDIO_POISON) (C(UFFD_FEATURE_POISON), Linux 6.6+), what a destination QEMU with
+      C(x-poison-holes) needs - asked with a C(userfaultfd) (C(UFFD_USER_MODE_ONLY)) and its
+      C(UFFDIO_API) handshake; null when that could not be told, with C(uffd_poison_detail)
+      saying why.
   returned: always
   type: dict
   sample:
@@ -312,6 +349,8 @@ host:
     pagemap_scan: false
     cap_sys_admin: true
     poisoned_pfns: 1
+    uffd_poison: false
+    uffd_poison_detail: "UFFDIO_API refused UFFD_FEATURE_POISON with EINVAL (Invalid argument): the kernel has no UFFDIO_POISON (Linux 6.6 or later needed)"
 discovery:
   description: How VMs were found (C(libvirt) and C(procfs), each with a count and any problem).
   returned: always

@@ -169,6 +169,15 @@ binary:
       description: Whether it carries the refusal message (the migration guard); null when it
         does not exist or could not be read.
       type: bool
+    poison_holes:
+      description:
+        - Whether it carries the C(x-poison-holes) migration capability (the
+          C(kvm_ras.poison_guard.patched_qemu) role's series that live-migrates a VM with
+          poisoned memory by carrying its holes, with QMP C(x-query-hwpoison)); null when it
+          does not exist or could not be read.
+        - M(kvm_ras.poison_guard.migration_gate) with O(kvm_ras.poison_guard.migration_gate#module:on_poisoned=migrate_with_holes)
+          needs it on the target.
+      type: bool
     refusal_message:
       description: The message looked for, word for word upstream QEMU's refusal.
       type: str
@@ -201,6 +210,21 @@ binary:
       type: str
       returned: when the binary does not exist
       sample: binary not found
+uffd_poison:
+  description:
+    - Whether this host's running kernel can install a poisoned page with C(UFFDIO_POISON)
+      (C(UFFD_FEATURE_POISON), Linux 6.6+), which a destination QEMU with C(x-poison-holes)
+      needs; asked with a C(userfaultfd) (C(UFFD_USER_MODE_ONLY)) and its C(UFFDIO_API)
+      handshake. Null when it could not be told (see RV(uffd_poison_detail)). The same probe as
+      RV(kvm_ras.poison_guard.poison_info#module:host) C(uffd_poison).
+  returned: always
+  type: bool
+  sample: true
+uffd_poison_detail:
+  description: What the kernel answered to the probe of RV(uffd_poison).
+  returned: always
+  type: str
+  sample: "UFFDIO_API granted UFFD_FEATURE_POISON: UFFDIO_POISON is available"
 packages:
   description: Per package of O(stock_package), O(package) and O(module_packages) - C(installed),
     dpkg's C(status) abbreviation, C(version) and C(source_version) (null when not installed).
@@ -225,7 +249,7 @@ diverted_by:
   type: str
   sample: qemu-system-x86-poison-guard
 diverted_binary:
-  description: C(path) and C(guard) of O(diverted_binary_path); null when it does not exist.
+  description: C(path), C(guard) and C(poison_holes) of O(diverted_binary_path); null when it does not exist.
   returned: when O(host_facts)
   type: dict
 build_info:
@@ -263,6 +287,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import qemu_guard
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import describe_os_error
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import uffd
 
 
 def main():
@@ -323,6 +348,7 @@ def read(params):
         result["symbols"] = qemu_guard.symbols(params["binary"], params["symbols"])
     if params["features"]:
         result["features"] = qemu_guard.features(params["binary"], params["timeout"])
+    result["uffd_poison"], result["uffd_poison_detail"] = uffd.probe()
     return result
 
 

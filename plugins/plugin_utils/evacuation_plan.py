@@ -10,6 +10,9 @@ imports).
   and passed the preflight;
 - ``decide_action``: what happens to one VM, from its poison status, the gate's decision and
   the two policies;
+- ``holes_target_facts`` / ``holes_targets``: with ``evacuate_poisoned_vm_policy=migrate_with_holes``,
+  which targets can take a poisoned VM with its holes carried (migration_gate's rule,
+  ``gate.holes_blockers``, applied per target);
 - ``build_plan`` / ``render_plan``: the plan (VM -> target, or why it stays) and its table;
 - ``left_without_consent``: the VMs that stay on the source although the operator did not say
   they may (the plan announces it, the report's exit rule fails the run for it).
@@ -25,6 +28,7 @@ import math
 import re
 import shlex
 
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import gate as gate_rules
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.libvirt import ACTIVE_STATE_WORDS
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 from ansible_collections.kvm_ras.poison_guard.plugins.plugin_utils.evacuation_request import (
@@ -40,6 +44,8 @@ ACTION_COLD = "cold_migrate"
 ACTION_LEAVE = "leave"
 ACTION_NONE = "none"  # not running: nothing to move
 MOVING_ACTIONS = (ACTION_LIVE, ACTION_REBOOT, ACTION_COLD)
+# The poisoned-VM policy that live-migrates with QEMU's x-poison-holes (docs/poison-holes.md).
+POLICY_WITH_HOLES = "migrate_with_holes"
 
 # Final status of a VM in the report.
 ST_MIGRATED = "migrated"          # runs on a target, as planned
@@ -263,6 +269,9 @@ def decide_action(status, gate_allowed, poisoned_vm_policy, unknown_vm_policy, g
                                    "check it again, then migrate it only if it is clean")
         if poisoned_vm_policy == "cold_migrate":
             return ACTION_COLD, "poisoned: shut it down and start it on a target; its RAM is never read"
+        if poisoned_vm_policy == POLICY_WITH_HOLES:
+            return ACTION_LIVE, ("poisoned: live-migrated with its holes carried (x-poison-holes) to a "
+                                 "target that qualifies; no poisoned page is read")
         return ACTION_LEAVE, UPSTREAM_REFUSAL
     if status == "clean":
         if gate_allowed:
@@ -274,6 +283,36 @@ def decide_action(status, gate_allowed, poisoned_vm_policy, unknown_vm_policy, g
                              % (gate_reason or "not fully inspected"))
     return ACTION_LEAVE, "poison status unknown: %s (set evacuate_unknown_vm_policy=migrate to move it anyway)" % (
         gate_reason or "its guest memory could not be fully inspected")
+
+
+def holes_target_facts(name, result):
+    """The facts of one target for migrate_with_holes, from its qemu_guard_info result
+    (``binary.poison_holes`` and ``uffd_poison``): {name, poison_holes, uffd_poison, problem}.
+    A result that failed, was skipped or is missing gives nulls (unknown, which blocks)."""
+    facts = {"name": name, "poison_holes": None, "uffd_poison": None, "problem": None}
+    if not isinstance(result, dict) or result.get("failed") or result.get("unreachable") or result.get("skipped"):
+        facts["problem"] = "its QEMU and kernel were not read (qemu_guard_info: %s)" % (
+            (result or {}).get("msg") if isinstance(result, dict) else "no result")
+        return facts
+    binary = result.get("binary") if isinstance(result.get("binary"), dict) else {}
+    for key, value in (("poison_holes", binary.get("poison_holes")), ("uffd_poison", result.get("uffd_poison"))):
+        facts[key] = value if isinstance(value, bool) else None
+    return facts
+
+
+def holes_targets(request, holes_facts):
+    """Per target: may it take a poisoned VM with its holes carried? [{name, qualifies,
+    reasons, facts}], with migration_gate's rule for the target's part (a VM whose own QEMU
+    carries the capability and lists every hole)."""
+    qualified_vm = {"binary_poison_holes": True, "holes_unknown_to_qemu": []}
+    out = []
+    for target in request.get("evacuate_targets") or []:
+        facts = holes_target_facts(target, (holes_facts or {}).get(target))
+        reasons = gate_rules.holes_blockers(qualified_vm, facts)
+        if facts["problem"]:
+            reasons.insert(0, facts["problem"])
+        out.append({"name": target, "qualifies": not reasons, "reasons": reasons, "facts": facts})
+    return out
 
 
 def _gate_index(gate):
@@ -297,13 +336,16 @@ def _poison_index(poison):
     return entries
 
 
-def build_plan(request, source_facts, targets_facts, poison, gate, preflight=None):
+def build_plan(request, source_facts, targets_facts, poison, gate, preflight=None, holes_facts=None):
     """The evacuation plan, gathered before anything changes.
 
     ``source_facts``: host_capacity_info of the source (its ``domains``); ``targets_facts``: target
     name -> host_capacity_info result; ``poison``: poison_info of the source; ``gate``: the
     migration_gate result for the source's VMs; ``preflight``: migration_preflight from the
-    source (None: none was run), whose unusable targets and VM/target pairs get no VM.
+    source (None: none was run), whose unusable targets and VM/target pairs get no VM;
+    ``holes_facts``: target name -> qemu_guard_info result, read with
+    ``evacuate_poisoned_vm_policy=migrate_with_holes`` (a poisoned VM then goes only to a target
+    the gate's rule qualifies, and stays when none does).
 
     Returns {source, targets: [capacity entries], vms: [...], counts, moves, leave_unknown}.
     Raises EvacuationInputError for requests that cannot be planned (VMs named in
@@ -371,7 +413,19 @@ def build_plan(request, source_facts, targets_facts, poison, gate, preflight=Non
                     "evacuate_poisoned_vm_policy=cold_migrate (a new QEMU process gets new memory) or restart it by hand"
                     % entry.get("qemu_version"))
             vm["gate"] = "allowed" if dom["name"] in allowed else "blocked"
+            if (status == "poisoned" and vm["action"] == ACTION_LIVE
+                    and request["evacuate_poisoned_vm_policy"] == POLICY_WITH_HOLES):
+                vm["with_holes"] = True
+                vm["poison_entry"] = entry
+                own = gate_rules.holes_blockers(entry, {"poison_holes": True, "uffd_poison": True})
+                if own:
+                    vm["planned_action"], vm["action"], vm["no_room"] = ACTION_LIVE, ACTION_LEAVE, True
+                    vm["reason"] = "%s; not migrated with its holes because %s" % (UPSTREAM_REFUSAL, "; ".join(own))
         vms.append(vm)
+
+    qualifying = holes_targets(request, holes_facts) \
+        if request["evacuate_poisoned_vm_policy"] == POLICY_WITH_HOLES else None
+    holes_by_target = {t["name"]: t for t in qualifying or []}
 
     target_paths = {t: ((targets_facts or {}).get(t) or {}).get("paths") or {} for t in request["evacuate_targets"]}
 
@@ -379,6 +433,13 @@ def build_plan(request, source_facts, targets_facts, poison, gate, preflight=Non
         return disks_available(vm.get("disks"), target_paths.get(target))
 
     def preflight_ok(vm, target):
+        if vm.get("with_holes"):
+            entry = holes_by_target.get(target) or {"reasons": ["not checked for migrate_with_holes"]}
+            blockers = gate_rules.holes_blockers(vm.get("poison_entry") or {}, entry.get("facts") or {"name": target})
+            if entry.get("facts", {}).get("problem"):
+                blockers.insert(0, entry["facts"]["problem"])
+            if blockers:
+                return False, "cannot take it with its holes: %s" % "; ".join(blockers)
         return preflight_check(preflight, vm["name"], target)
 
     placement = place(vms, capacities, cold_disk_check=cold_check, target_check=preflight_ok)
@@ -395,6 +456,11 @@ def build_plan(request, source_facts, targets_facts, poison, gate, preflight=Non
         vm["target"] = target
         vm["dest_uri"] = request["migration_uris"].get(target)
         vm["timeout"] = vm_timeout(request, vm["memory_mib"])
+        if vm.get("with_holes"):
+            facts = holes_by_target[target]["facts"]
+            vm["target_facts"] = {k: facts[k] for k in ("name", "poison_holes", "uffd_poison")}
+    for vm in vms:
+        vm.pop("poison_entry", None)
 
     counts = {}
     for vm in vms:
@@ -407,6 +473,7 @@ def build_plan(request, source_facts, targets_facts, poison, gate, preflight=Non
         "moves": sum(1 for vm in vms if vm["action"] in MOVING_ACTIONS),
         "running": sum(1 for vm in vms if vm["action"] != ACTION_NONE),
         "preflight": None if preflight is None else list((preflight.get("summary") or {}).get("lines") or []),
+        "holes_targets": qualifying,
     }
 
 
@@ -483,6 +550,13 @@ def render_plan(plan, request, check_mode=False):
     if plan.get("preflight") is not None:
         lines.append("preflight from %s (transport, CPU, machine type, QEMU, networks, disks):" % plan["source"])
         lines += ["  " + line for line in plan["preflight"]] or ["  no target to check"]
+        lines.append("")
+    if plan.get("holes_targets") is not None:
+        lines.append("targets for poisoned VMs (evacuate_poisoned_vm_policy=migrate_with_holes):")
+        for item in plan["holes_targets"]:
+            lines.append("  %s %s" % (item["name"], "qualifies (its QEMU carries x-poison-holes, its kernel has "
+                                      "UFFDIO_POISON)" if item["qualifies"]
+                                      else "does not qualify: %s" % "; ".join(item["reasons"])))
         lines.append("")
     vrows = []
     for vm in plan["vms"]:

@@ -52,7 +52,7 @@ def vm_outcome(vm, results):
     results = results or {}
     out = {"name": vm["name"], "action": vm["action"], "target": vm.get("target"), "result": "not_started",
            "failure_class": None, "message": None, "duration_s": None, "started_at": None, "steps": [],
-           "recheck_status": None}
+           "recheck_status": None, "holes_carried": None}
     entry = results.get("journal")
     if _ran(entry) and _failed(entry):
         out["steps"].append("journal entry on the source: failed")
@@ -96,6 +96,9 @@ def vm_outcome(vm, results):
     if out["duration_s"] is None and isinstance(move.get("job"), dict) and move["job"].get("duration_ms") is not None:
         out["duration_s"] = round(move["job"]["duration_ms"] / 1000.0, 3)
     out["running_on"] = move.get("running_on")
+    if vm.get("with_holes") and isinstance(move.get("holes_carried"), list):
+        # the target QEMU's own poison list after a migration with x-poison-holes (live_migrate)
+        out["holes_carried"] = move["holes_carried"]
     out["steps"].append("%s: %s" % ("cold migration" if vm["action"] == ACTION_COLD else "live migration",
                                     "failed" if _failed(move) else "done"))
     if _failed(move):
@@ -268,6 +271,8 @@ def build_report(request, plan, outcomes, records, run, restored=None, resumed=N
             "failure_class": outcome.get("failure_class"),
             "reason": reason,
             "steps": outcome.get("steps") or [],
+            "with_holes": bool(vm.get("with_holes")),
+            "holes_carried": outcome.get("holes_carried"),
             "problems": record["problems"],
             "notes": record["notes"],
             "evidence": vm.get("evidence") or [],
@@ -341,6 +346,15 @@ def render_report(report):
         lines += table_lines(["VM", "STATUS", "ACTION", "TARGET", "RUNS ON", "DURATION", "REASON"], rows)
     else:
         lines.append("%s had no VMs: nothing to do." % report["source"])
+    carried = [vm for vm in report["vms"] if vm.get("holes_carried")]
+    if carried:
+        lines.append("")
+        lines.append("poisoned pages carried as holes (x-poison-holes), as the target's QEMU lists them:")
+        for vm in carried:
+            lines.append("  %s on %s: %s" % (shown_name(vm["name"]), ",".join(vm["running_on"]) or "-", ", ".join(
+                "%s+%#x (gpa %s)" % (hole.get("block"), hole.get("offset") or 0,
+                                     "%#x" % hole["gpa"] if isinstance(hole.get("gpa"), int) else "-")
+                for hole in vm["holes_carried"])))
     if report.get("resumed"):
         lines.append("")
         lines.append("resumed from an interrupted run (its journal on the source):")

@@ -26,7 +26,7 @@ import urllib.parse
 
 # --------------------------------------------------------------------------- vocabulary --
 
-POISONED_VM_POLICIES = ("leave", "reboot_then_migrate", "cold_migrate")
+POISONED_VM_POLICIES = ("leave", "reboot_then_migrate", "cold_migrate", "migrate_with_holes")
 UNKNOWN_VM_POLICIES = ("leave", "migrate")
 REBOOT_MODES = ("restart", "reset")
 COPY_STORAGE_MODES = ("none", "all", "inc")

@@ -19,6 +19,9 @@ import re
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.messages import UPSTREAM_REFUSAL
 
 REFUSAL_BYTES = UPSTREAM_REFUSAL.encode("ascii")
+# The migration capability of the patched_qemu role's x-poison-holes series: its QAPI name is
+# compiled into the binary (the capability table and its error messages).
+POISON_HOLES_BYTES = b"x-poison-holes"
 GUARD_SINCE = (9, 0)
 _VERSION_RE = re.compile(rb"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
 _CHUNK = 8 << 20
@@ -38,18 +41,21 @@ class BinaryInspector:
         self._cache = {}
 
     def inspect(self, exe_path):
-        """``{"carries_refusal": bool|None, "version": str|None, "problem": str|None}``."""
+        """``{"carries_refusal": bool|None, "poison_holes": bool|None, "version": str|None,
+        "problem": str|None}``; ``poison_holes``: the binary carries the ``x-poison-holes``
+        migration capability."""
         try:
             handle = open(exe_path, "rb")  # pylint: disable=consider-using-with
         except OSError as exc:
-            return {"carries_refusal": None, "version": None,
+            return {"carries_refusal": None, "poison_holes": None, "version": None,
                     "problem": "cannot open %s: %s" % (exe_path, exc.strerror or exc)}
         with handle:
             st = os.fstat(handle.fileno())
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if key in self._cache:
                 return self._cache[key]
-            result = {"carries_refusal": False, "version": None, "problem": None}
+            result = {"carries_refusal": False, "poison_holes": False, "version": None,
+                      "problem": None}
             overlap = max(len(REFUSAL_BYTES), 64)
             tail = b""
             try:
@@ -60,6 +66,8 @@ class BinaryInspector:
                     window = tail + chunk
                     if not result["carries_refusal"] and REFUSAL_BYTES in window:
                         result["carries_refusal"] = True
+                    if not result["poison_holes"] and POISON_HOLES_BYTES in window:
+                        result["poison_holes"] = True
                     if result["version"] is None:
                         match = _VERSION_RE.search(window)
                         if match:
@@ -67,7 +75,7 @@ class BinaryInspector:
                                 g.decode() for g in match.groups() if g is not None)
                     tail = window[-overlap:]
             except OSError as exc:
-                result = {"carries_refusal": None, "version": None,
+                result = {"carries_refusal": None, "poison_holes": None, "version": None,
                           "problem": "reading %s failed: %s" % (exe_path, exc.strerror or exc)}
             self._cache[key] = result
             return result

@@ -18,6 +18,7 @@ import re
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import procfs
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import swaptype
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import uffd
 
 _NODE_RE = re.compile(r"^node\d+$")
 
@@ -70,8 +71,11 @@ def kernel_release(proc_root):
         return None
 
 
-def collect(proc_root, sys_root, boot_dir):
-    """Host facts as reported in the result's ``host`` key, plus ``problems`` (list)."""
+def collect(proc_root, sys_root, boot_dir, uffd_probe=uffd.probe):
+    """Host facts as reported in the result's ``host`` key, plus ``problems`` (list).
+
+    ``uffd_probe`` asks the running kernel whether it has ``UFFD_FEATURE_POISON`` (what a
+    destination QEMU with ``x-poison-holes`` needs); tests hand in a stand-in."""
     problems = []
     release = kernel_release(proc_root)
     if release is None:
@@ -107,4 +111,5 @@ def collect(proc_root, sys_root, boot_dir):
         "kernel_config": config_path,
         "swap_areas": swap_areas,
     }
+    facts["uffd_poison"], facts["uffd_poison_detail"] = uffd_probe()
     return facts, version, problems

@@ -25,6 +25,8 @@ from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import logs
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import pagemap
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import procfs
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import qemu_list
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import uffd
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import verdict
 
 SCAN_METHODS = ("auto", "pagemap_scan", "pread")
@@ -51,7 +53,8 @@ class Options:
                  libvirt_uri=libvirt_adapter.DEFAULT_URI, libvirt_run_dir=libvirt_adapter.QEMU_RUN_DIR,
                  qemu_log_dir="/var/log/libvirt/qemu", boot_dir="/boot", kernel_log="auto",
                  scan_method="auto", pagemap_scan=None, reread_delay=pagemap.REREAD_DELAY,
-                 backing_read_limit_mib=DEFAULT_BACKING_READ_LIMIT_MIB, clock=time.time):
+                 backing_read_limit_mib=DEFAULT_BACKING_READ_LIMIT_MIB, clock=time.time,
+                 qemu_list_reader=qemu_list.read, uffd_probe=uffd.probe):
         self.vms = list(vms or [])
         self.proc_root = proc_root
         self.sys_root = sys_root
@@ -72,6 +75,10 @@ class Options:
                              "read shared-memory backing files), got %r" % (backing_read_limit_mib,))
         self.backing_read_limit_mib = backing_read_limit_mib
         self.clock = clock
+        # QEMU's own poison list per libvirt domain (qemu_list.read) and the host's
+        # UFFD_FEATURE_POISON probe (uffd.probe); tests hand in stand-ins.
+        self.qemu_list_reader = qemu_list_reader
+        self.uffd_probe = uffd_probe
 
 
 def _err(exc):
@@ -97,6 +104,9 @@ class _VM:
         self.incomplete = []
         self.migration_guard = None
         self.binary_guard = None
+        self.binary_poison_holes = None
+        self.qemu_hwpoison = None
+        self.qemu_hwpoison_problem = "not read"
         self.qemu_version = None
         self.scan = None
         self.start_since_boot = None
@@ -132,6 +142,12 @@ class _VM:
             "evidence": self.evidence,
             "migration_guard": self.migration_guard,
             "binary_guard": self.binary_guard,
+            "binary_poison_holes": self.binary_poison_holes,
+            "qemu_hwpoison": self.qemu_hwpoison,
+            "qemu_hwpoison_problem": self.qemu_hwpoison_problem,
+            "holes_unknown_to_qemu": (
+                None if self.qemu_hwpoison is None else
+                [enc.to_hex(hva) for hva in qemu_list.unknown_to_qemu(self.holes, self.qemu_hwpoison)]),
             "reasons": reasons,
             "qemu_binary": self.qemu_binary,
             "qemu_version": self.qemu_version,
@@ -268,7 +284,8 @@ class Collector:
 
     # -- host-wide preparation ---------------------------------------------------------------
     def prepare(self, need_scan):
-        facts, version, problems = hostmod.collect(self.proc, self.o.sys_root, self.o.boot_dir)
+        facts, version, problems = hostmod.collect(self.proc, self.o.sys_root, self.o.boot_dir,
+                                                   uffd_probe=self.o.uffd_probe)
         self.host = facts
         self.host["problems"] = problems
         capeff, cap_problem = procfs.capabilities(self.proc)
@@ -673,6 +690,7 @@ class Collector:
             vm.qemu_version = binary["version"]  # what runs wins over the log header
         vm.migration_guard = mg
         vm.binary_guard = bg
+        vm.binary_poison_holes = binary.get("poison_holes")
         label = vm.qemu_binary or exe_path
         vm.note("guard", "%s: %s" % (label, "; ".join(details)))
 
@@ -771,6 +789,44 @@ class Collector:
                                 "in %d shared-memory mapping(s) (holes skipped) without error" % (
                                     len(unaccounted), done >> 20, len(targets)))
 
+    # -- QEMU's own poison list ----------------------------------------------------------------
+    def qemu_list_evidence(self, selected):
+        """QEMU's poison list (x-query-hwpoison) of every VM whose running binary carries the
+        x-poison-holes series, read through libvirt after the page-table scan (a page poisoned
+        in between is then in QEMU's list, never only in the scan)."""
+        asked = []
+        for vm in selected:
+            if vm.pid is None:
+                vm.qemu_hwpoison_problem = "no QEMU process was found, so there is no list to read"
+            elif vm.binary_poison_holes is not True:
+                vm.qemu_hwpoison_problem = (
+                    "the running QEMU binary does not carry the x-poison-holes series (%s), so "
+                    "it has no %s" % ("could not be read" if vm.binary_poison_holes is None
+                                      else "stock or guard-only build", qemu_list.QUERY))
+            elif "libvirt" not in vm.sources or not self.o.libvirt_uri:
+                vm.qemu_hwpoison_problem = (
+                    "the QEMU process was not started by libvirt (or libvirt_uri is empty), so "
+                    "its QMP monitor was not reached")
+            else:
+                asked.append(vm)
+        if not asked:
+            return
+        answers = self.o.qemu_list_reader(self.o.libvirt_uri, [(vm.name, vm.uuid) for vm in asked])
+        for vm in asked:
+            entries, problem = answers.get((vm.name, vm.uuid), (None, "no answer"))
+            vm.qemu_hwpoison = entries
+            vm.qemu_hwpoison_problem = problem
+            if entries is None:
+                vm.note("qemu_hwpoison", "QEMU's poison list could not be read: %s" % problem)
+                continue
+            vm.note("qemu_hwpoison", "QEMU lists %d poisoned page(s) (%s)%s" % (
+                len(entries), qemu_list.QUERY, "".join(
+                    "; %s+%#x hva %#x" % (e["block"], e["offset"], e["hva"]) for e in entries[:8])))
+            unknown = qemu_list.unknown_to_qemu(vm.holes, entries)
+            if unknown:
+                vm.note("qemu_hwpoison", "hole(s) QEMU does not list (a migration would read "
+                                         "them): %s" % ", ".join("%#x" % hva for hva in unknown))
+
     # -- result -------------------------------------------------------------------------------
     def origin(self):
         now = self.o.clock()
@@ -801,6 +857,7 @@ class Collector:
             unaccounted = self._unaccounted_pfns(selected)
             for vm in selected:
                 self.shared_memory_evidence(vm, unaccounted)
+            self.qemu_list_evidence(selected)
         finally:
             if self.kpageflags is not None:
                 self.kpageflags.close()

@@ -76,7 +76,9 @@ def make_action(args, check_mode=False, execute_result=None, host_now=HOST_NOW):
 
 def test_argument_spec_comes_from_the_documented_options_and_matches_the_decision_table():
     spec = action_mod.ActionModule.argument_spec
-    assert set(spec) == {"vms", "operation", "on_poisoned", "on_unknown", "poison_info", "max_result_age"}
+    assert set(spec) == {"vms", "operation", "on_poisoned", "on_unknown", "poison_info", "max_result_age",
+                         "target_facts"}
+    assert spec["target_facts"] == {"type": "dict"}
     assert spec["max_result_age"] == {"type": "int", "default": gate.DEFAULT_MAX_RESULT_AGE}
     assert spec["operation"]["choices"] == list(gate.OPERATIONS)
     assert spec["on_poisoned"]["choices"] == list(gate.ON_POISONED)
@@ -170,7 +172,10 @@ def test_missing_vm_is_blocked_as_unknown():
 @pytest.mark.parametrize("args,needle", [
     ({"bogus": 1}, "Unsupported parameters"),
     ({"operation": "savevm"}, "value of operation must be one of: live_migration, save, memory_snapshot, dump"),
-    ({"on_poisoned": "allow"}, "value of on_poisoned must be one of: fail, skip"),
+    ({"on_poisoned": "allow"}, "value of on_poisoned must be one of: fail, skip, migrate_with_holes"),
+    ({"on_poisoned": "migrate_with_holes"}, "needs its facts"),
+    ({"on_poisoned": "migrate_with_holes", "operation": "dump",
+      "target_facts": {"poison_holes": True, "uffd_poison": True}}, "live_migration only"),
     ({"on_unknown": "ignore"}, "value of on_unknown must be one of: fail, skip, allow"),
     ({"poison_info": "not a result"}, "poison_info"),
 ])
@@ -262,3 +267,23 @@ def test_result_without_origin_is_refused():
     with pytest.raises(AnsibleActionFail) as err:
         action.run(task_vars={})
     assert "does not say which host and boot" in str(err.value)
+
+
+def test_migrate_with_holes_allows_a_poisoned_vm_whose_holes_qemu_knows():
+    """The gate rule of gate.holes_blockers through the plugin: the poisoned VM's QEMU carries
+    x-poison-holes and lists its hole, the target qualifies."""
+    poison = dict(POISON_RESULT, vms=[dict(POISON_RESULT["vms"][1], binary_poison_holes=True,
+                                           holes_unknown_to_qemu=[], qemu_hwpoison=[{
+                                               "block": "pc.ram", "offset": 0, "page-size": 4096,
+                                               "hva": 0x7F3A2C5F1000}])])
+    target = {"name": "hv2", "poison_holes": True, "uffd_poison": True}
+    action, calls = make_action({"poison_info": poison, "on_poisoned": "migrate_with_holes",
+                                 "target_facts": target})
+    result = action.run(task_vars={})
+    assert calls == [] and not result.get("failed")
+    assert result["allowed"] == result["with_holes"] == ["db 02 $(touch .pwned)"]
+    action, _calls = make_action({"poison_info": poison, "on_poisoned": "migrate_with_holes",
+                                  "target_facts": dict(target, uffd_poison=False)})
+    result = action.run(task_vars={})
+    assert result["failed"] is True and result["with_holes"] == []
+    assert "hv2's kernel has no UFFDIO_POISON" in result["msg"]

@@ -60,7 +60,9 @@ def test_tables_cover_every_combination():
     assert set(EXPECTED_MISSING) == set(itertools.product(ON_POISONED, ON_UNKNOWN))
     assert list(gate.OPERATIONS) == OPERATIONS
     assert list(gate.STATUSES) == STATUSES
-    assert list(gate.ON_POISONED) == ON_POISONED
+    # migrate_with_holes has its own table (test_gate_holes.py): it depends on the VM's and
+    # the target's facts, not on the status alone
+    assert list(gate.ON_POISONED) == ON_POISONED + ["migrate_with_holes"]
     assert list(gate.ON_UNKNOWN) == ON_UNKNOWN
 
 

@@ -33,6 +33,20 @@ def test_binary_guard_detection(tmp_path):
     assert probe.binary_guard(str(unguarded)) is False
 
 
+def test_binary_poison_holes_detection(tmp_path):
+    """The x-poison-holes series compiles its capability's QAPI name into the binary; a
+    guard-only build carries the refusal but not the capability."""
+    holes = tmp_path / "holes"
+    holes.write_bytes(b"\x7fELF" + b"\0" * 5000 + UPSTREAM_REFUSAL.encode() + b"\0x-poison-holes\0")
+    guard_only = tmp_path / "guard_only"
+    guard_only.write_bytes(b"\x7fELF" + b"\0" * 5000 + UPSTREAM_REFUSAL.encode() + b"\0")
+    assert probe.binary_poison_holes(str(holes)) is True
+    assert probe.binary_poison_holes(str(guard_only)) is False
+    assert probe.binary_poison_holes(str(tmp_path / "missing")) is None
+    facts = probe.binary_facts(str(tmp_path / "missing"))
+    assert facts["poison_holes"] is None and facts["guard"] is None
+
+
 def test_help_parsing_keeps_names_and_drops_headers():
     """Shapes copied from QEMU 7.2's own `-device help` / `-netdev help` / `-machine help`."""
     device = ('Controller/Bridge/Hub devices:\nname "pci-bridge", bus PCI, desc "Standard PCI Bridge"\n\n'

@@ -73,6 +73,14 @@ class FakeDomain:
     def UUIDString(self):
         return "uuid-of-" + self.name_
 
+    def XMLDesc(self, flags=0):
+        self.world.calls.append(("XMLDesc", flags))
+        return ("<domain type='kvm'><name>%s</name><uuid>uuid-of-%s</uuid><memory>65536</memory>%s</domain>"
+                % (self.name_, self.name_, "<description>inactive</description>" if flags & 2 else ""))
+
+    def isPersistent(self):
+        return True
+
     def isActive(self):
         record = self.host.domains.get(self.name_)
         if record is None:
@@ -169,6 +177,8 @@ class FakeLibvirt:
     VIR_ERR_NO_DOMAIN = VIR_ERR_NO_DOMAIN
     VIR_DOMAIN_JOB_STATS_COMPLETED = 1
     VIR_MIGRATE_PARAM_BANDWIDTH = "bandwidth"
+    VIR_MIGRATE_PARAM_DEST_XML = "destination_xml"
+    VIR_MIGRATE_PARAM_PERSIST_XML = "persistent_xml"
     VIR_MIGRATE_LIVE = 1
     VIR_MIGRATE_PEER2PEER = 2
     VIR_MIGRATE_TUNNELLED = 4
@@ -224,7 +234,10 @@ def world(monkeypatch):
     w.poison_verdict = "clean"
     w.poison_checks = []
 
-    def fake_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, options=None):
+    w.holes_entry = {}  # poison_info's x-poison-holes fields of the VM (binary_poison_holes, ...)
+
+    def fake_precheck(uuid, name, source_uri, on_unknown="fail", collect=None, options=None,
+                      target_facts=None):
         w.poison_checks.append((uuid, name, source_uri, on_unknown))
         entry = {"name": name, "uuid": uuid, "pid": 4242, "start_ticks": 1234, "status": w.poison_verdict,
                  "reasons": [] if w.poison_verdict != "unknown" else ["/proc/4242/pagemap: permission denied"],
@@ -232,8 +245,10 @@ def world(monkeypatch):
                                      "source": "pagemap_hwpoison"}] if w.poison_verdict == "poisoned" else [],
                  "evidence": [{"source": "pagemap", "detail": "1 poisoned page(s)"}]
                  if w.poison_verdict == "poisoned" else [], "migration_guard": False}
+        entry.update(w.holes_entry)
         return migration.poison_precheck(uuid, name, source_uri, on_unknown,
-                                         collect=lambda _opts: {"vms": [entry], "origin": {}})
+                                         collect=lambda _opts: {"vms": [entry], "origin": {}},
+                                         target_facts=target_facts)
 
     monkeypatch.setattr(live_migrate, "poison_precheck", fake_precheck)
 
@@ -563,3 +578,130 @@ def test_live_migrate_passes_no_warnings_to_exit_json():
     """ansible-core 2.19 deprecates warnings= in exit_json/fail_json; the module uses module.warn."""
     import inspect
     assert "warnings=" not in inspect.getsource(live_migrate)
+
+
+# -- issue 19: poison_holes ----------------------------------------------------------------------
+HOLE = {"block": "pc.ram", "offset": 16777216, "page-size": 4096, "gpa": 16777216, "hva": 0x7F6F8A000000}
+HOLES_ENTRY = {"binary_poison_holes": True, "qemu_hwpoison": [HOLE], "holes_unknown_to_qemu": [],
+               "qemu_hwpoison_problem": None}
+TARGET = {"name": "hv2", "poison_holes": True, "uffd_poison": True}
+
+
+class FakeQemu:
+    """libvirt_qemu.qemuMonitorCommand: QEMU's reply passed through as libvirt 9.0 does."""
+
+    def __init__(self, world):
+        self.world = world
+        self.refuse_capability = False
+
+    def qemuMonitorCommand(self, dom, command, flags):
+        import json
+        request = json.loads(command)
+        self.world.calls.append(("qmp", dom.host.uri, request))
+        if request["execute"] == "migrate-set-capabilities":
+            if self.refuse_capability:  # QEMU without the series: QAPI rejects the enum value
+                return json.dumps({"error": {"class": "GenericError", "desc":
+                                             "Parameter 'capability' does not accept value 'x-poison-holes'"}})
+            return '{"return": {}}'
+        if request["execute"] == "x-query-hwpoison":
+            return json.dumps({"return": self.world.hosts[dom.host.uri].domains[dom.name_].get("holes", [])})
+        return json.dumps({"error": {"class": "CommandNotFound", "desc": "no"}})
+
+
+@pytest.fixture
+def holes_world(world, monkeypatch):
+    from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as adapter
+    world.qemu = FakeQemu(world)
+    monkeypatch.setattr(adapter, "load_qemu", lambda: (world.qemu, None))
+    world.hosts[SRC].domains[NAME] = {"active": True}
+    world.poison_verdict = "poisoned"
+    world.holes_entry = dict(HOLES_ENTRY)
+    original = FakeDomain._migrate
+
+    def migrate_carrying_holes(self, dest, flags):
+        result = original(self, dest, flags)
+        dest.domains[self.name_]["holes"] = [dict(HOLE, hva=0x7F1122000000)]
+        return result
+
+    monkeypatch.setattr(FakeDomain, "_migrate", migrate_carrying_holes)
+    return world
+
+
+def _qmp(world):
+    return [(c[1], c[2]) for c in world.calls if c[0] == "qmp"]
+
+
+def test_poisoned_vm_moves_with_its_holes_carried(holes_world):
+    out = run({"poison_holes": True, "target_facts": TARGET})
+    assert out.failed is False and out.result["migrated"] is True
+    assert out.result["poison_check"]["with_holes"] is True
+    assert _qmp(holes_world) == [
+        (SRC, {"execute": "migrate-set-capabilities",
+               "arguments": {"capabilities": [{"capability": "x-poison-holes", "state": True}]}}),
+        (DST, {"execute": "x-query-hwpoison"})]
+    [call] = [c for c in holes_world.calls if c[0] == "migrateToURI3"]
+    params = call[2]
+    assert "<qemu:arg value=\"migration.x-poison-holes=on\" />" in params["destination_xml"]
+    assert 'xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"' in params["destination_xml"]
+    assert "x-poison-holes" not in params["persistent_xml"] and "inactive" in params["persistent_xml"]
+    assert out.result["holes_carried"] == [dict(HOLE, hva=0x7F1122000000)]
+    assert out.result["holes_expected"] == [HOLE]
+    assert any("holes carried" in w for w in out.result["warnings"])
+
+
+@pytest.mark.parametrize("entry_over, target_over, needle", [
+    ({"holes_unknown_to_qemu": ["0x7fafe2145000"]}, {}, "not in QEMU's own poison list"),
+    ({"binary_poison_holes": False}, {}, "does not carry the x-poison-holes"),
+    ({}, {"uffd_poison": False}, "hv2's kernel has no UFFDIO_POISON"),
+])
+def test_poisoned_vm_that_fails_the_gate_rule_is_not_migrated(holes_world, entry_over, target_over, needle):
+    holes_world.holes_entry.update(entry_over)
+    out = run({"poison_holes": True, "target_facts": dict(TARGET, **target_over)})
+    assert out.failed is True and needle in out.result["msg"]
+    assert out.result["failure"]["class"] == "poisoned"
+    assert _qmp(holes_world) == [] and not [c for c in holes_world.calls if c[0].startswith("migrate")]
+    assert holes_world.hosts[SRC].domains[NAME]["active"] is True
+
+
+def test_without_poison_holes_a_poisoned_vm_is_refused_as_before(holes_world):
+    out = run({"target_facts": TARGET})
+    assert out.failed is True and UPSTREAM_REFUSAL in out.result["msg"]
+
+
+def test_source_qemu_without_the_series_refuses_the_capability_and_nothing_starts(holes_world):
+    holes_world.qemu.refuse_capability = True
+    out = run({"poison_holes": True, "target_facts": TARGET})
+    assert out.failed is True and "lacks the patched_qemu role's x-poison-holes series" in out.result["msg"]
+    assert not [c for c in holes_world.calls if c[0] == "migrateToURI3"]
+
+
+def test_failed_migration_switches_the_capability_off_again(holes_world):
+    holes_world.behaviour = "dest_qemu_died"  # e.g. the destination refused at setup (no UFFDIO_POISON)
+    out = run({"poison_holes": True, "target_facts": TARGET})
+    assert out.failed is True and out.result["running_on"] == "source"
+    assert _qmp(holes_world)[-1] == (SRC, {"execute": "migrate-set-capabilities", "arguments": {
+        "capabilities": [{"capability": "x-poison-holes", "state": False}]}})
+
+
+@pytest.mark.parametrize("args, needle", [
+    ({"poison_holes": True}, "needs target_facts"),
+    ({"poison_holes": True, "target_facts": {"poison_holes": True}}, "no 'uffd_poison'"),
+    ({"poison_holes": True, "target_facts": TARGET, "postcopy": True}, "cannot be combined with postcopy"),
+])
+def test_poison_holes_input_errors_come_before_connecting(holes_world, args, needle):
+    out = run(args)
+    assert out.failed is True and needle in out.result["msg"]
+    assert not [c for c in holes_world.calls if c[0] in ("open", "openReadOnly")]
+
+
+def test_dest_xml_adds_the_argument_once_and_keeps_other_qemu_args():
+    xml = ("<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>a</name>"
+           "<qemu:commandline><qemu:arg value='-trace'/><qemu:arg value='migration_*'/></qemu:commandline></domain>")
+    once = migration.dest_xml_with_poison_holes(xml)
+    twice = migration.dest_xml_with_poison_holes(once)
+    assert once == twice and once.count("migration.x-poison-holes=on") == 1
+    assert "migration_*" in once
+    back = migration.without_poison_holes_arg(twice)
+    assert "x-poison-holes" not in back and "migration_*" in back and "-trace" in back
+    plain = migration.without_poison_holes_arg(migration.dest_xml_with_poison_holes("<domain><name>b</name></domain>"))
+    assert "commandline" not in plain

@@ -107,7 +107,8 @@ def test_only_the_source_as_target_means_no_targets():
 
 
 @pytest.mark.parametrize("name,value,expected", [
-    ("evacuate_poisoned_vm_policy", "reboot", "evacuate_poisoned_vm_policy must be one of leave, reboot_then_migrate, cold_migrate, got 'reboot'"),
+    ("evacuate_poisoned_vm_policy", "reboot",
+     "evacuate_poisoned_vm_policy must be one of leave, reboot_then_migrate, cold_migrate, migrate_with_holes, got 'reboot'"),
     ("evacuate_unknown_vm_policy", "allow", "evacuate_unknown_vm_policy must be one of leave, migrate, got 'allow'"),
     ("evacuate_reboot_mode", "hard", "evacuate_reboot_mode must be one of restart, reset, got 'hard'"),
     ("evacuate_migration_copy_storage", "full", "evacuate_migration_copy_storage must be one of none, all, inc, got 'full'"),

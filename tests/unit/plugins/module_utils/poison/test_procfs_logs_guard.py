@@ -187,11 +187,27 @@ def test_binary_inspection_finds_refusal_and_version(tmp_path):
     inspector = guard.BinaryInspector()
     patched = inspector.inspect(_binary(tmp_path, "patched", scenarios.QEMU_VERSION_BANNER + b"\0"
                                         + UPSTREAM_REFUSAL.encode()))
-    assert patched == {"carries_refusal": True, "version": "7.2.22", "problem": None}
+    assert patched == {"carries_refusal": True, "poison_holes": False, "version": "7.2.22",
+                       "problem": None}
     stock = inspector.inspect(_binary(tmp_path, "stock", scenarios.QEMU_VERSION_BANNER))
     assert stock["carries_refusal"] is False and stock["version"] == "7.2.22"
+    assert stock["poison_holes"] is False
     missing = inspector.inspect(str(tmp_path / "nope"))
     assert missing["carries_refusal"] is None and "cannot open" in missing["problem"]
+    assert missing["poison_holes"] is None
+
+
+def test_binary_inspection_finds_the_poison_holes_capability(tmp_path, monkeypatch):
+    """The x-poison-holes series compiles the capability's QAPI name into the binary (the
+    capability table, "x-poison-holes is not compatible with multifd"); it is found across a
+    read-chunk boundary too."""
+    monkeypatch.setattr(guard, "_CHUNK", 4096)
+    payload = (scenarios.QEMU_VERSION_BANNER + b"\0" + UPSTREAM_REFUSAL.encode() + b"\0"
+               + b"y" * (4096 - 7) + b"x-poison-holes\0")
+    holes = guard.BinaryInspector().inspect(_binary(tmp_path, "holes", payload))
+    assert holes["poison_holes"] is True and holes["carries_refusal"] is True
+    near_miss = guard.BinaryInspector().inspect(_binary(tmp_path, "near", b"x-poison-hole\0"))
+    assert near_miss["poison_holes"] is False
 
 
 def test_refusal_string_across_a_read_chunk_boundary(tmp_path, monkeypatch):
