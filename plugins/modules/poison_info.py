@@ -58,14 +58,18 @@ options:
       - Where sysfs is read from (like node_exporter's C(--path.sysfs)).
     type: path
     default: /sys
-  libvirt_uri:
+  uri:
     description:
-      - libvirt connection URI used (read-only) to list running domains.
+      - libvirt connection URI used to list running domains (and, for a QEMU that carries the
+        x-poison-holes series, to read its own poison list).
       - An empty string means do not use libvirt; QEMU processes are then found from procfs alone.
       - Without C(python3-libvirt), or when libvirt cannot be reached, procfs discovery is used and
         the problem is reported under RV(discovery).
+      - The alias O(libvirt_uri) is deprecated and will be removed in version 0.2.0 of the
+        collection.
     type: str
     default: qemu:///system
+    aliases: [libvirt_uri]
   libvirt_run_dir:
     description:
       - libvirt's runtime directory of the QEMU driver, holding C(<name>.pid) files.
@@ -146,7 +150,7 @@ EXAMPLES = r"""
     vms:
       - web01
       - 6f1c2a8e-3a50-4c3e-9d2b-7f1f6c3b9a10
-    libvirt_uri: ""
+    uri: ""
   become: true
   register: two
 
@@ -154,7 +158,7 @@ EXAMPLES = r"""
   kvm_ras.poison_guard.poison_info:
     proc_root: /host/proc
     sys_root: /host/sys
-    libvirt_uri: ""
+    uri: ""
   become: true
 """
 
@@ -393,7 +397,7 @@ def main():
             vms=dict(type="list", elements="str", default=[]),
             proc_root=dict(type="path", default="/proc"),
             sys_root=dict(type="path", default="/sys"),
-            libvirt_uri=dict(type="str", default=libvirt_adapter.DEFAULT_URI),
+            uri=libvirt_adapter.uri_argument("libvirt_uri"),
             libvirt_run_dir=dict(type="path", default=libvirt_adapter.QEMU_RUN_DIR),
             qemu_log_dir=dict(type="path", default="/var/log/libvirt/qemu"),
             boot_dir=dict(type="path", default="/boot"),
@@ -431,7 +435,7 @@ def main():
                              "auto, or an empty string to skip the kernel log" % kernel_log)
     options = Options(
         vms=params["vms"], proc_root=params["proc_root"], sys_root=params["sys_root"],
-        libvirt_uri=params["libvirt_uri"], libvirt_run_dir=params["libvirt_run_dir"],
+        libvirt_uri=params["uri"], libvirt_run_dir=params["libvirt_run_dir"],
         qemu_log_dir=params["qemu_log_dir"], boot_dir=params["boot_dir"],
         kernel_log=kernel_log, scan_method=params["scan_method"],
         backing_read_limit_mib=params["backing_read_limit_mib"])

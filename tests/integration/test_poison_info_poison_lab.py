@@ -19,9 +19,9 @@ import pytest
 from poison_lab_fixture import poison_lab_run, register_module_hook  # noqa: F401  pylint: disable=unused-import
 
 MODULE = "kvm_ras.poison_guard.poison_info"
-register_module_hook("poison-info", MODULE, {"vms": ["@LAB_QEMU_NAME@"], "libvirt_uri": ""},
+register_module_hook("poison-info", MODULE, {"vms": ["@LAB_QEMU_NAME@"], "uri": ""},
                      experiments=["qemu-kvm-mce", "qemu-kvm-reset"])
-register_module_hook("poison-info-all", MODULE, {"libvirt_uri": ""},
+register_module_hook("poison-info-all", MODULE, {"uri": ""},
                      experiments=["memhog-late", "qemu-kvm-mce"])
 
 pytestmark = pytest.mark.poison_lab

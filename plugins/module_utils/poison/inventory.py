@@ -18,9 +18,9 @@ import time
 
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils import libvirt as libvirt_adapter
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import backing
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import encoding as enc
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import encoding
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import guard
-from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import host as hostmod
+from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import host as host_facts
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import libvirt_source
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import logs
 from ansible_collections.kvm_ras.poison_guard.plugins.module_utils.poison import pagemap
@@ -85,7 +85,7 @@ def _err(exc):
     return getattr(exc, "strerror", None) or str(exc)
 
 
-class _VM:
+class _ScannedVM:
     """Everything gathered about one VM before the verdict."""
 
     def __init__(self, name, uuid=None, pid=None):
@@ -124,8 +124,8 @@ class _VM:
                 self.note("scan_incomplete", reason)
         pages = []
         for hole in self.holes:
-            page = {"hva": enc.to_hex(hole["hva"]), "pfn": enc.to_hex(hole.get("pfn")),
-                    "gpa": enc.to_hex(hole.get("gpa")), "source": hole["source"]}
+            page = {"hva": encoding.to_hex(hole["hva"]), "pfn": encoding.to_hex(hole.get("pfn")),
+                    "gpa": encoding.to_hex(hole.get("gpa")), "source": hole["source"]}
             for key in ("mapping", "guest_ram", "raw", "kpageflags", "swap_type", "size",
                         "note"):
                 if hole.get(key) is not None:
@@ -147,7 +147,7 @@ class _VM:
             "qemu_hwpoison_problem": self.qemu_hwpoison_problem,
             "holes_unknown_to_qemu": (
                 None if self.qemu_hwpoison is None else
-                [enc.to_hex(hva) for hva in qemu_list.unknown_to_qemu(self.holes, self.qemu_hwpoison)]),
+                [encoding.to_hex(hva) for hva in qemu_list.unknown_to_qemu(self.holes, self.qemu_hwpoison)]),
             "reasons": reasons,
             "qemu_binary": self.qemu_binary,
             "qemu_version": self.qemu_version,
@@ -163,7 +163,7 @@ class Collector:
     """One run of poison_info."""
 
     def __init__(self, options):
-        self.o = options
+        self.options = options
         self.proc = options.proc_root
         self.top_reasons = []
         self.host = {}
@@ -188,12 +188,12 @@ class Collector:
         return found, None
 
     def _libvirt_domains(self):
-        uri = self.o.libvirt_uri
+        uri = self.options.libvirt_uri
         if not uri:
             self.discovery["libvirt"] = {"uri": None, "domains": 0,
                                          "problem": "not used (libvirt_uri is empty)"}
             return []
-        domains, problem = libvirt_source.discover(uri, self.o.libvirt_run_dir)
+        domains, problem = libvirt_source.discover(uri, self.options.libvirt_run_dir)
         self.discovery["libvirt"] = {"uri": uri, "domains": len(domains), "problem": problem}
         return domains
 
@@ -204,7 +204,7 @@ class Collector:
         by_pid = {p["pid"]: p for p in processes or []}
         used = set()
         for dom in domains:
-            vm = _VM(dom["name"], dom.get("uuid"), dom.get("pid"))
+            vm = _ScannedVM(dom["name"], dom.get("uuid"), dom.get("pid"))
             vm.sources.append("libvirt")
             vm.memory_mib = dom.get("memory_mib")
             vm.vcpus = dom.get("vcpus")
@@ -236,7 +236,7 @@ class Collector:
         for proc in processes or []:
             if proc["pid"] in used:
                 continue
-            vm = _VM(proc["name"] or "qemu-%d" % proc["pid"], proc["uuid"], proc["pid"])
+            vm = _ScannedVM(proc["name"] or "qemu-%d" % proc["pid"], proc["uuid"], proc["pid"])
             if not proc["name"]:
                 vm.note("procfs", "no -name on the QEMU command line: named after its PID")
             vm.memory_mib = proc["memory_mib"]
@@ -260,11 +260,11 @@ class Collector:
         vm.accel = proc["accel"]
 
     def select(self, vms, proc_problem):
-        if not self.o.vms:
+        if not self.options.vms:
             return vms
         wanted = []
         missing = []
-        for item in self.o.vms:
+        for item in self.options.vms:
             key = item.strip()
             hits = [vm for vm in vms if vm.name == key or (
                 vm.uuid and vm.uuid.lower() == key.lower())]
@@ -275,7 +275,7 @@ class Collector:
         if missing:
             if proc_problem:
                 for name in missing:
-                    vm = _VM(name)
+                    vm = _ScannedVM(name)
                     vm.incomplete.append("could not be looked up: " + proc_problem)
                     wanted.append(vm)
             else:
@@ -284,8 +284,8 @@ class Collector:
 
     # -- host-wide preparation ---------------------------------------------------------------
     def prepare(self, need_scan):
-        facts, version, problems = hostmod.collect(self.proc, self.o.sys_root, self.o.boot_dir,
-                                                   uffd_probe=self.o.uffd_probe)
+        facts, version, problems = host_facts.collect(self.proc, self.options.sys_root, self.options.boot_dir,
+                                                   uffd_probe=self.options.uffd_probe)
         self.host = facts
         self.host["problems"] = problems
         capeff, cap_problem = procfs.capabilities(self.proc)
@@ -304,14 +304,14 @@ class Collector:
                 "poison_info runs in a user namespace: the kernel shows PFNs only to "
                 "CAP_SYS_ADMIN in the initial user namespace; run it on the host as root")
         # PAGEMAP_SCAN
-        scan_fn = self.o.pagemap_scan
+        scan_fn = self.options.pagemap_scan
         if scan_fn is None:
             available = pagemap.probe_pagemap_scan(os.path.join(self.proc, "self", "pagemap"))
             scan_fn = pagemap.pagemap_scan_swapped if available else None
         elif scan_fn is False:
             scan_fn = None
         self.host["pagemap_scan"] = scan_fn is not None
-        if self.o.scan_method == "pagemap_scan" and scan_fn is None:
+        if self.options.scan_method == "pagemap_scan" and scan_fn is None:
             self.global_incomplete.append(
                 "scan_method=pagemap_scan was asked for but this kernel has no PAGEMAP_SCAN "
                 "(Linux 6.7+); use scan_method=auto")
@@ -358,7 +358,7 @@ class Collector:
             swapin_error_type=facts["swapin_error_swap_type"],
             kpageflags=self.kpageflags, poisoned_pfns=poisoned_pfns,
             present_check_reason=present_reason, pagemap_scan=scan_fn,
-            method=self.o.scan_method, reread_delay=self.o.reread_delay)
+            method=self.options.scan_method, reread_delay=self.options.reread_delay)
         self.kpf_problem = kpf_problem
         return version
 
@@ -404,7 +404,7 @@ class Collector:
                 try:
                     size = os.stat(os.path.join(map_files, "%x-%x" % (
                         mapping.start, mapping.end))).st_blksize
-                    if size <= enc.PAGE_SIZE:
+                    if size <= encoding.PAGE_SIZE:
                         size = 2 << 20
                 except OSError:
                     pass
@@ -536,8 +536,8 @@ class Collector:
         """The current lifetime's lines: libvirt's domain log, else QEMU's stderr file."""
         texts = []
         problems = []
-        if self.o.qemu_log_dir:
-            text, paths, errs = logs.domain_log_text(self.o.qemu_log_dir, vm.name)
+        if self.options.qemu_log_dir:
+            text, paths, errs = logs.domain_log_text(self.options.qemu_log_dir, vm.name)
             problems.extend(errs)
             if text is not None:
                 texts.append((", ".join(paths), text))
@@ -558,7 +558,7 @@ class Collector:
         if not texts:
             if not problems:
                 vm.note("qemu_log", "no QEMU log found (%s/%s.log, stderr)" % (
-                    self.o.qemu_log_dir, vm.name))
+                    self.options.qemu_log_dir, vm.name))
             return
         where, text = texts[0]
         lifetimes = logs.parse_qemu_log(text)
@@ -584,16 +584,16 @@ class Collector:
         if hva is None:
             vm.note("qemu_log", "current lifetime: %s" % line)
             return
-        page = hva & ~(enc.PAGE_SIZE - 1)
+        page = hva & ~(encoding.PAGE_SIZE - 1)
         for hole in vm.holes:
-            size = hole.get("size") or enc.PAGE_SIZE
+            size = hole.get("size") or encoding.PAGE_SIZE
             if hole["hva"] <= page < hole["hva"] + size:
                 if hole.get("size") is None:
-                    hole["gpa"] = event["gpa"] & ~(enc.PAGE_SIZE - 1)
+                    hole["gpa"] = event["gpa"] & ~(encoding.PAGE_SIZE - 1)
                 vm.note("qemu_log", "current lifetime, confirmed by pagemap: %s" % line)
                 return
         if scanner is None:
-            vm.holes.append({"hva": page, "pfn": None, "gpa": event["gpa"] & ~(enc.PAGE_SIZE - 1),
+            vm.holes.append({"hva": page, "pfn": None, "gpa": event["gpa"] & ~(encoding.PAGE_SIZE - 1),
                              "source": "qemu_log"})
             vm.note("qemu_log", "current lifetime, not checked in pagemap (scan not possible): "
                                 "%s" % line)
@@ -632,11 +632,11 @@ class Collector:
                 "%s" % (mapping.label, _err(exc), line))
             return
         try:
-            os.pread(fd, enc.PAGE_SIZE, offset)
+            os.pread(fd, encoding.PAGE_SIZE, offset)
         except OSError as exc:
             if exc.errno == errno.EIO:
                 vm.holes.append({"hva": page, "pfn": None,
-                                 "gpa": event["gpa"] & ~(enc.PAGE_SIZE - 1),
+                                 "gpa": event["gpa"] & ~(encoding.PAGE_SIZE - 1),
                                  "source": "backing_read_eio", "mapping": mapping.label,
                                  "guest_ram": True})
                 vm.note("backing_file", "reading %s at offset %#x fails with EIO: the poisoned "
@@ -653,7 +653,7 @@ class Collector:
     def _kernel_events(self):
         if self.kernel_events is not None or self.kernel_log_problem is not None:
             return self.kernel_events
-        source = self.o.kernel_log
+        source = self.options.kernel_log
         if source == "auto":
             source = "/dev/kmsg" if os.path.realpath(self.proc) == "/proc" else ""
         if not source:
@@ -749,7 +749,7 @@ class Collector:
             vm.note("backing_file", "shared-memory guest RAM not read: every poisoned PFN of the "
                                     "host is accounted for by a scanned page table")
             return
-        limit = self.o.backing_read_limit_mib << 20
+        limit = self.options.backing_read_limit_mib << 20
         total = sum(t.mapping.size for t in targets)
         why = ("the host has %d poisoned PFN(s) that no scanned page table holds, and a "
                "poisoned page-cache page of shared memory hides behind an empty page table "
@@ -758,7 +758,7 @@ class Collector:
             vm.incomplete.append(
                 "%s; its %d MiB of shared-memory guest RAM was not read because "
                 "backing_read_limit_mib is %d: raise backing_read_limit_mib to at least %d to "
-                "read it" % (why, total >> 20, self.o.backing_read_limit_mib,
+                "read it" % (why, total >> 20, self.options.backing_read_limit_mib,
                              (total + (1 << 20) - 1) >> 20))
             return
         map_files = os.path.join(self.proc, str(vm.pid), "map_files")
@@ -770,7 +770,7 @@ class Collector:
             done += outcome.bytes_read
             if outcome.bad_offset is not None:
                 page = mapping.start + (outcome.bad_offset - mapping.offset)
-                page &= ~(enc.PAGE_SIZE - 1)
+                page &= ~(encoding.PAGE_SIZE - 1)
                 vm.holes.append({"hva": page, "pfn": None, "gpa": None,
                                  "source": "backing_read_eio", "mapping": mapping.label,
                                  "guest_ram": target.guest_ram})
@@ -803,7 +803,7 @@ class Collector:
                     "the running QEMU binary does not carry the x-poison-holes series (%s), so "
                     "it has no %s" % ("could not be read" if vm.binary_poison_holes is None
                                       else "stock or guard-only build", qemu_list.QUERY))
-            elif "libvirt" not in vm.sources or not self.o.libvirt_uri:
+            elif "libvirt" not in vm.sources or not self.options.libvirt_uri:
                 vm.qemu_hwpoison_problem = (
                     "the QEMU process was not started by libvirt (or libvirt_uri is empty), so "
                     "its QMP monitor was not reached")
@@ -811,7 +811,7 @@ class Collector:
                 asked.append(vm)
         if not asked:
             return
-        answers = self.o.qemu_list_reader(self.o.libvirt_uri, [(vm.name, vm.uuid) for vm in asked])
+        answers = self.options.qemu_list_reader(self.options.libvirt_uri, [(vm.name, vm.uuid) for vm in asked])
         for vm in asked:
             entries, problem = answers.get((vm.name, vm.uuid), (None, "no answer"))
             vm.qemu_hwpoison = entries
@@ -829,7 +829,7 @@ class Collector:
 
     # -- result -------------------------------------------------------------------------------
     def origin(self):
-        now = self.o.clock()
+        now = self.options.clock()
         return {
             "hostname": procfs.hostname(self.proc) or socket.gethostname(),
             "boot_id": procfs.boot_id(self.proc),

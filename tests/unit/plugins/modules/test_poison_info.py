@@ -159,10 +159,12 @@ def test_documentation_renders():
                          capture_output=True, text=True, timeout=300, check=True)
     doc = json.loads(out.stdout)["kvm_ras.poison_guard.poison_info"]
     options = doc["doc"]["options"]
-    assert set(options) >= {"vms", "proc_root", "sys_root", "libvirt_uri", "qemu_log_dir",
+    assert set(options) >= {"vms", "proc_root", "sys_root", "uri", "qemu_log_dir",
                             "kernel_log", "scan_method"}
     assert doc["doc"]["attributes"]["check_mode"]["support"] == "full"
     assert "poisoned_vms" in doc["return"]
+    # the libvirt URI option has the collection's one name; the former one stays until 0.2.0
+    assert options["uri"]["aliases"] == ["libvirt_uri"] and options["uri"]["default"] == "qemu:///system"
 
 
 def test_two_vms_with_one_name_are_not_listed_silently(results):
