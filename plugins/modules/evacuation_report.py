@@ -62,7 +62,9 @@ options:
     description:
       - What the steps of each VM that moved registered, one dict per VM with C(name) (the VM, as in
         the plan) and the registered results of its steps under C(journal), C(reboot), C(recheck),
-        C(gate), C(migrate) and C(cold) (a step that did not run is missing or skipped).
+        C(gate), C(migrate), C(holes_check) (M(kvm_ras.poison_guard.poison_info) of the VM on its
+        target after a move with its holes) and C(cold) (a step that did not run is missing or
+        skipped).
       - A VM of the plan that moves and has no entry here did not start (its outcome says so).
     type: list
     elements: dict
@@ -132,7 +134,9 @@ report:
       C(with_holes) (planned to move with its poisoned pages carried as holes,
       C(evacuate_poisoned_vm_policy=migrate_with_holes)) and C(holes_carried) (the target QEMU's
       poison list after that migration, RV(kvm_ras.poison_guard.live_migrate#module:holes_carried);
-      null otherwise).
+      null otherwise) and C(holes_verified) (V(true) when M(kvm_ras.poison_guard.poison_info) on the
+      target found every carried page as a POISONED PTE marker at the same guest address and in the
+      target QEMU's list, V(false) when not, null when not checked).
     - C(resumed) lists what the run finished first of an interrupted run, one item per journal entry
       with C(name), C(operation), C(run_id), C(target), C(found), C(action), C(ok) and C(message).
     - C(left_on_source) names the VMs still on the source; C(left_without_consent) those of them the

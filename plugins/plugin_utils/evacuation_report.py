@@ -41,6 +41,45 @@ def _message(result):
     return result.get("msg")
 
 
+def _int(value):
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 0)
+    except (TypeError, ValueError):
+        return None
+
+
+def holes_on_target(name, carried, check):
+    """Did the holes reach the target as holes? ``carried``: the target QEMU's poison list
+    (live_migrate's holes_carried); ``check``: poison_info's result for the VM on the target.
+
+    True when every carried page is a POISONED PTE marker in the target's pagemap at the same
+    guest address (poison_info's ``pte_marker_poisoned``: the page is not a page of zeros) and
+    every hole poison_info sees there is in the QEMU's list; False (with the reason) otherwise;
+    None when the check did not run or could not answer.
+    """
+    if not _ran(check):
+        return None, "not checked (the target's scan did not run)"
+    if _failed(check):
+        return None, "not checked: the target's scan failed (%s)" % (_message(check) or "no message")
+    entry = next((e for e in check.get("vms") or [] if e.get("name") == name), None)
+    if entry is None:
+        return False, "the target's scan does not list the VM"
+    markers = {_int(h.get("gpa")) for h in entry.get("holes") or [] if h.get("source") == "pte_marker_poisoned"}
+    wanted = {_int(h.get("gpa")) for h in carried or [] if isinstance(h, dict)}
+    if not wanted:
+        return False, "the target QEMU lists no carried page"
+    missing = sorted(g for g in wanted if g not in markers)
+    if None in wanted or missing:
+        return False, ("no POISONED PTE marker on the target at %s: the page may have been filled instead of "
+                       "poisoned" % ", ".join("%#x" % g if g is not None else "?" for g in missing or [None]))
+    unknown = entry.get("holes_unknown_to_qemu")
+    if unknown != []:
+        return False, "the target QEMU does not list every hole its pagemap shows (%s)" % (unknown,)
+    return True, "%d carried page(s) are POISONED PTE markers on the target, in its QEMU's list" % len(wanted)
+
+
 def vm_outcome(vm, results):
     """What happened to one VM, from the results its tasks registered.
 
@@ -52,7 +91,7 @@ def vm_outcome(vm, results):
     results = results or {}
     out = {"name": vm["name"], "action": vm["action"], "target": vm.get("target"), "result": "not_started",
            "failure_class": None, "message": None, "duration_s": None, "started_at": None, "steps": [],
-           "recheck_status": None, "holes_carried": None}
+           "recheck_status": None, "holes_carried": None, "holes_verified": None}
     entry = results.get("journal")
     if _ran(entry) and _failed(entry):
         out["steps"].append("journal entry on the source: failed")
@@ -99,6 +138,9 @@ def vm_outcome(vm, results):
     if vm.get("with_holes") and isinstance(move.get("holes_carried"), list):
         # the target QEMU's own poison list after a migration with x-poison-holes (live_migrate)
         out["holes_carried"] = move["holes_carried"]
+    if vm.get("with_holes") and not _failed(move):
+        out["holes_verified"], why = holes_on_target(vm["name"], out["holes_carried"], results.get("holes_check"))
+        out["steps"].append("holes on the target: %s" % why)
     out["steps"].append("%s: %s" % ("cold migration" if vm["action"] == ACTION_COLD else "live migration",
                                     "failed" if _failed(move) else "done"))
     if _failed(move):
@@ -273,6 +315,7 @@ def build_report(request, plan, outcomes, records, run, restored=None, resumed=N
             "steps": outcome.get("steps") or [],
             "with_holes": bool(vm.get("with_holes")),
             "holes_carried": outcome.get("holes_carried"),
+            "holes_verified": outcome.get("holes_verified"),
             "problems": record["problems"],
             "notes": record["notes"],
             "evidence": vm.get("evidence") or [],
@@ -355,6 +398,10 @@ def render_report(report):
                 "%s+%#x (gpa %s)" % (hole.get("block"), hole.get("offset") or 0,
                                      "%#x" % hole["gpa"] if isinstance(hole.get("gpa"), int) else "-")
                 for hole in vm["holes_carried"])))
+            verified = vm.get("holes_verified")
+            lines.append("    on the target: %s" % ("POISONED PTE markers at those addresses, in its QEMU's list"
+                                                     if verified else "NOT verified, see the VM's steps"
+                                                     if verified is False else "not checked"))
     if report.get("resumed"):
         lines.append("")
         lines.append("resumed from an interrupted run (its journal on the source):")

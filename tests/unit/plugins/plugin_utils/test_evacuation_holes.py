@@ -123,3 +123,49 @@ def test_report_records_the_holes_carried():
     assert entry["holes_carried"] == carried and report["failed"] is False
     text = "\n".join(evreport.render_report(report))
     assert "poisoned pages carried as holes" in text and "pc.ram+0x1000000 (gpa 0x1000000)" in text
+
+
+# poison_info on the target after the move (the playbook's "Read the carried holes on the
+# target"): the carried page is a POISONED PTE marker there, as the hypervisor lab's
+# tests/integration/test_hvlab_poison_holes.py reads it, and known to the target's QEMU.
+def _target_scan(source="pte_marker_poisoned", gpa="0x1000000", unknown=None):
+    return {"changed": False, "vms": [{"name": "bad", "status": "poisoned",
+                                       "holes": [{"hva": "0x7f1122000000", "pfn": None, "gpa": gpa, "source": source}],
+                                       "holes_unknown_to_qemu": [] if unknown is None else unknown}]}
+
+
+def _moved_with(check):
+    req, plan = plan_holes({"bad": "poisoned"}, {"hv2": guard_info(), "hv3": guard_info()})
+    migrated = {"changed": True, "migrated": True, "running_on": "destination", "failure": None,
+                "duration_seconds": 1.2, "holes_carried": [HOLE], "holes_expected": [HOLE]}
+    return req, plan, evreport.vm_outcome(plan["vms"][0], {"migrate": migrated, "holes_check": check})
+
+
+def test_holes_verified_on_the_target():
+    req, plan, outcome = _moved_with(_target_scan())
+    assert outcome["holes_verified"] is True
+    assert any("POISONED PTE markers on the target" in step for step in outcome["steps"])
+    target = plan["vms"][0]["target"]
+    post = states(hv1=[], **{target: [domain("bad")], ("hv3" if target == "hv2" else "hv2"): []})
+    report = evreport.build_report(req, plan, [outcome], evreport.verify(plan, [outcome], post), RUN)
+    assert report["vms"][0]["holes_verified"] is True
+    assert "on the target: POISONED PTE markers at those addresses" in "\n".join(evreport.render_report(report))
+
+
+def test_a_carried_page_that_is_not_a_marker_is_not_verified():
+    """What a destination that filled the page (zeros) instead of poisoning it would show."""
+    assert _moved_with(_target_scan(source="hwpoison"))[2]["holes_verified"] is False
+    assert _moved_with(_target_scan(gpa="0x2000000"))[2]["holes_verified"] is False
+    assert _moved_with({"changed": False, "vms": []})[2]["holes_verified"] is False
+
+
+def test_a_hole_the_target_qemu_does_not_list_is_not_verified():
+    outcome = _moved_with(_target_scan(unknown=["0x7f1122001000"]))[2]
+    assert outcome["holes_verified"] is False
+    assert any("does not list every hole" in step for step in outcome["steps"])
+
+
+def test_no_target_scan_is_not_checked():
+    assert _moved_with({"skipped": True})[2]["holes_verified"] is None
+    outcome = _moved_with({"failed": True, "msg": "no libvirt"})[2]
+    assert outcome["holes_verified"] is None and any("no libvirt" in step for step in outcome["steps"])
