@@ -285,7 +285,7 @@ class Collector:
     # -- host-wide preparation ---------------------------------------------------------------
     def prepare(self, need_scan):
         facts, version, problems = host_facts.collect(self.proc, self.options.sys_root, self.options.boot_dir,
-                                                   uffd_probe=self.options.uffd_probe)
+                                                      uffd_probe=self.options.uffd_probe)
         self.host = facts
         self.host["problems"] = problems
         capeff, cap_problem = procfs.capabilities(self.proc)
