@@ -399,9 +399,13 @@ def render_report(report):
                                      "%#x" % hole["gpa"] if isinstance(hole.get("gpa"), int) else "-")
                 for hole in vm["holes_carried"])))
             verified = vm.get("holes_verified")
-            lines.append("    on the target: %s" % ("POISONED PTE markers at those addresses, in its QEMU's list"
-                                                     if verified else "NOT verified, see the VM's steps"
-                                                     if verified is False else "not checked"))
+            if verified:
+                seen = "POISONED PTE markers at those addresses, in its QEMU's list"
+            elif verified is False:
+                seen = "NOT verified, see the VM's steps"
+            else:
+                seen = "not checked"
+            lines.append("    on the target: %s" % seen)
     if report.get("resumed"):
         lines.append("")
         lines.append("resumed from an interrupted run (its journal on the source):")
