@@ -42,9 +42,10 @@ def providing_repositories(package: str) -> list[tuple[str, str, str]]:
     return repos
 
 
-def index_targets() -> list[dict]:
+def parse_indextargets(text: str) -> list[dict]:
+    """The deb822 records of ``apt-get indextargets`` output."""
     records, current = [], {}
-    for line in _run(["apt-get", "indextargets"]).splitlines():
+    for line in text.splitlines() + [""]:
         if not line.strip():
             if current:
                 records.append(current)
@@ -52,9 +53,11 @@ def index_targets() -> list[dict]:
             continue
         key, _sep, value = line.partition(":")
         current[key.strip()] = value.strip()
-    if current:
-        records.append(current)
     return records
+
+
+def index_targets() -> list[dict]:
+    return parse_indextargets(_run(["apt-get", "indextargets"]))
 
 
 def _deb822_stanzas(text: str) -> list[dict[str, list[str]]]:

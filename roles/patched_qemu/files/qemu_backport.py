@@ -36,7 +36,7 @@ import re
 import subprocess
 import sys
 
-from apt_source_entries import signed_by_of  # pylint: disable=import-error
+from apt_source_entries import parse_indextargets, signed_by_of  # pylint: disable=import-error
 
 # `apt-cache madison`: "qemu-system-x86 | 1:7.2+dfsg-7+deb12u18+b3 | http://m/debian bookworm/main amd64 Packages"
 MADISON_RE = re.compile(r"^\s*(\S+)\s+\|\s+(\S+)\s+\|\s+(\S+)\s+(\S+?)(?:/(\S+))?\s+\S+\s+Packages\s*$")
@@ -45,20 +45,6 @@ MADISON_RE = re.compile(r"^\s*(\S+)\s+\|\s+(\S+)\s+\|\s+(\S+)\s+(\S+?)(?:/(\S+))
 def _run(argv: list[str]) -> str:
     env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     return subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
-
-
-def parse_indextargets(text: str) -> list[dict]:
-    """The deb822 records of ``apt-get indextargets``."""
-    records, current = [], {}
-    for line in text.splitlines() + [""]:
-        if not line.strip():
-            if current:
-                records.append(current)
-            current = {}
-            continue
-        key, _sep, value = line.partition(":")
-        current[key.strip()] = value.strip()
-    return records
 
 
 def index_targets() -> list[dict]:
