@@ -50,6 +50,7 @@ ACTION_INJECT = 1                        # qapi MemoryFailureAction "inject"
 RAM_ADDR_INVALID = (1 << 64) - 1
 MCE_FORMAT = "Guest MCE Memory Error at QEMU addr %p and GUEST addr 0x%lx of type %s injected"
 MCE_TYPE_AO = "BUS_MCEERR_AO"
+RCU_HEAD_SIZE = 16  # struct rcu_head: next, func
 RECORD_SYMBOLS = ("qemu_ram_addr_from_host", "kvm_hwpoison_page_add",
                   "qapi_event_send_memory_failure", "warn_report")
 
@@ -151,20 +152,29 @@ class QemuProcess:
         """Only QEMU's side of one entry: ``kvm_hwpoison_page_add(ram_addr)``; reports the list
         head before and after, and ``kvm_hwpoisoned_mem()`` where the binary has it (the guard)."""
         head, method = self.poison_list_head()
-        optional = self.symbols.lookup(["kvm_hwpoisoned_mem"], required=False)
+        optional = self.symbols.lookup(["kvm_hwpoisoned_mem", "kvm_hwpoisoned_range"], required=False)
         function = self.symbols.lookup(["kvm_hwpoison_page_add"])["kvm_hwpoison_page_add"]
-        report = {"list_head": "%#x" % head, "head_found_by": method, "ram_addr": "%#x" % ram_addr}
+        # Where an entry (HWPoisonPage) keeps its ram_addr: first in QEMU's own layout; after a
+        # struct rcu_head (two pointers) in the x-poison-holes series, whose RCU list is freed
+        # with g_free_rcu() (the rcu_head must come first). The series is the binary that has
+        # kvm_hwpoisoned_range().
+        offset = RCU_HEAD_SIZE if "kvm_hwpoisoned_range" in optional else 0
+        report = {"list_head": "%#x" % head, "head_found_by": method, "ram_addr": "%#x" % ram_addr,
+                  "entry_ram_addr_offset": offset}
         with Tracee(self.pid, choose_thread(self.pid), timeout=self.timeout) as tracee:
             report["lh_first_before"] = "%#x" % tracee.read_u64(head)
             tracee.call(function, ram_addr)
             first = tracee.read_u64(head)
             report["lh_first_after"] = "%#x" % first
             if first:
-                report["entry_ram_addr"] = "%#x" % tracee.read_u64(first)
+                report["entry_ram_addr"] = "%#x" % tracee.read_u64(first + offset)
             report["kvm_hwpoisoned_mem"] = (tracee.call(optional["kvm_hwpoisoned_mem"]) & 0xFF
                                             if "kvm_hwpoisoned_mem" in optional else None)
         report["ptrace_requests"] = sorted(set(tracee.requests))
         report["ok"] = bool(first) and report.get("entry_ram_addr") == "%#x" % ram_addr
-        if not report["ok"]:
+        if not first:
             report["error"] = "the poison list is still empty after kvm_hwpoison_page_add()"
+        elif not report["ok"]:
+            report["error"] = ("the poison list's first entry holds ram_addr %s, not the page added (%#x)"
+                               % (report.get("entry_ram_addr"), ram_addr))
         return report
