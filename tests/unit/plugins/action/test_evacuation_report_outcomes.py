@@ -72,7 +72,8 @@ def test_the_report_takes_the_per_vm_results_as_an_argument(tmp_path, option):
             dict(capacity([domain("web01")] if target == "hv3" else []), item="hv3")]},
         "step_results": {"web01": {"evacuation_journal": {"changed": True}, "evacuation_reboot": SKIPPED,
                                    "evacuation_recheck": SKIPPED, "evacuation_regate": SKIPPED,
-                                   "evacuation_migrate": migrated, "evacuation_cold": SKIPPED}},
+                                   "evacuation_migrate": migrated, "evacuation_holes_check": SKIPPED,
+                                   "evacuation_cold": SKIPPED}},
     }
     (tmp_path / "data.json").write_text(json.dumps(data))
     move, verify = plays()["Move the VMs, at most evacuate_max_parallel at once"], plays()["Verify every VM and report"]
