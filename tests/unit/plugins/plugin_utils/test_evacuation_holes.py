@@ -128,9 +128,10 @@ def test_report_records_the_holes_carried():
 # poison_info on the target after the move (the playbook's "Read the carried holes on the
 # target"): the carried page is a POISONED PTE marker there, as the hypervisor lab's
 # tests/integration/test_hvlab_poison_holes.py reads it, and known to the target's QEMU.
-def _target_scan(source="pte_marker_poisoned", gpa="0x1000000", unknown=None):
+def _target_scan(source="pte_marker_poisoned", hva="0x7f6f8a000000", unknown=None):
+    """poison_info on the target: the carried page at the target QEMU's hva (HOLE's)."""
     return {"changed": False, "vms": [{"name": "bad", "status": "poisoned",
-                                       "holes": [{"hva": "0x7f1122000000", "pfn": None, "gpa": gpa, "source": source}],
+                                       "poisoned_pages": [{"hva": hva, "pfn": None, "gpa": None, "source": source}],
                                        "holes_unknown_to_qemu": [] if unknown is None else unknown}]}
 
 
@@ -155,7 +156,7 @@ def test_holes_verified_on_the_target():
 def test_a_carried_page_that_is_not_a_marker_is_not_verified():
     """What a destination that filled the page (zeros) instead of poisoning it would show."""
     assert _moved_with(_target_scan(source="hwpoison"))[2]["holes_verified"] is False
-    assert _moved_with(_target_scan(gpa="0x2000000"))[2]["holes_verified"] is False
+    assert _moved_with(_target_scan(hva="0x7f6f8a001000"))[2]["holes_verified"] is False
     assert _moved_with({"changed": False, "vms": []})[2]["holes_verified"] is False
 
 
