@@ -60,10 +60,10 @@ molecule: venv
 	  $(BIN)/molecule test -s $$s || exit 1; \
 	done
 
-# The last step of `make test`: one plain pytest run over every test (its closing line is the
-# summary CI reads).
+# The last step of `make test`: one plain pytest run over the integration tests (its closing
+# line is the summary CI reads; the unit tests ran in `make unit`, before the slow steps).
 integration: venv
-	tools/pytest-run tests
+	tools/pytest-run tests/integration
 
 test: venv
 	$(MAKE) deps
