@@ -156,6 +156,24 @@ def hugetlb_reset_keeps_poison(entry):
     return int(match.group(1)) < 10
 
 
+def reset_leaves_hugetlb_poison(entry):
+    """Why a reset in place (evacuate_reboot_mode=reset) would leave this poisoned VM poisoned, or None.
+
+    Fails closed: hugetlbfs-backed guest RAM on a QEMU whose version cannot be read counts as too
+    old. A restart (a new QEMU process, new memory) is not concerned."""
+    keeps = hugetlb_reset_keeps_poison(entry)
+    if keeps is None and ((entry or {}).get("scan") or {}).get("hugetlb_mappings"):
+        qemu = "a QEMU of unknown version"
+    elif keeps:
+        qemu = "QEMU %s" % entry.get("qemu_version")
+    else:
+        return None
+    return ("poisoned hugetlbfs-backed guest RAM on %s: a reset in place does not repair a poisoned huge page "
+            "before QEMU 10.0, so reboot_then_migrate with evacuate_reboot_mode=reset would leave it poisoned; "
+            "choose evacuate_reboot_mode=restart or evacuate_poisoned_vm_policy=cold_migrate (a new QEMU "
+            "process gets new memory)" % qemu)
+
+
 def disks_available(vm_disks, target_paths):
     """For a cold migration: every disk of the VM must exist on the target, same size.
 
@@ -406,12 +424,10 @@ def build_plan(request, source_facts, targets_facts, poison, gate, preflight=Non
                 status, dom["name"] in allowed, request["evacuate_poisoned_vm_policy"],
                 request["evacuate_unknown_vm_policy"],
                 gate_reason=gate_reason, leave_requested=dom["name"] in leave)
-            if vm["action"] == ACTION_REBOOT and hugetlb_reset_keeps_poison(entry):
-                vm["action"], vm["reason"] = ACTION_LEAVE, (
-                    "poisoned hugetlbfs-backed guest RAM on QEMU %s: a reboot does not repair a poisoned huge "
-                    "page before QEMU 10.0, so reboot_then_migrate would leave it poisoned; choose "
-                    "evacuate_poisoned_vm_policy=cold_migrate (a new QEMU process gets new memory) or restart it by hand"
-                    % entry.get("qemu_version"))
+            if vm["action"] == ACTION_REBOOT and request["evacuate_reboot_mode"] == "reset":
+                why = reset_leaves_hugetlb_poison(entry)
+                if why:
+                    vm["action"], vm["reason"] = ACTION_LEAVE, why
             vm["gate"] = "allowed" if dom["name"] in allowed else "blocked"
             if (status == "poisoned" and vm["action"] == ACTION_LIVE
                     and request["evacuate_poisoned_vm_policy"] == POLICY_WITH_HOLES):

@@ -107,19 +107,37 @@ def test_without_a_preflight_the_plan_is_unchanged():
     assert not any("preflight from" in line for line in evplan.render_plan(made, req))
 
 
-def test_reboot_does_not_clear_hugetlb_poison_before_qemu_10():
+def test_reset_does_not_clear_hugetlb_poison_before_qemu_10():
     made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=1, qemu_version="7.2.18"),
-                      evacuate_poisoned_vm_policy="reboot_then_migrate")
+                      evacuate_poisoned_vm_policy="reboot_then_migrate", evacuate_reboot_mode="reset")
     vm = by_name(made)["p"]
     assert vm["action"] == evplan.ACTION_LEAVE
     assert "hugetlbfs" in vm["reason"] and "cold_migrate" in vm["reason"] and "7.2.18" in vm["reason"]
+    assert "evacuate_reboot_mode=restart" in vm["reason"]
+
+
+def test_reset_of_hugetlb_ram_on_a_qemu_of_unknown_version_is_not_tried():
+    """Fail closed: the version decides whether a reset repairs a huge page; unread, the VM stays."""
+    made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=2, qemu_version=None),
+                      evacuate_poisoned_vm_policy="reboot_then_migrate", evacuate_reboot_mode="reset")
+    vm = by_name(made)["p"]
+    assert vm["action"] == evplan.ACTION_LEAVE and "unknown version" in vm["reason"]
+
+
+def test_restart_clears_hugetlb_poison_on_any_qemu():
+    """evacuate_reboot_mode=restart (the default) starts a new QEMU process with new memory."""
+    for version in ("7.2.18", None):
+        made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=1, qemu_version=version),
+                          evacuate_poisoned_vm_policy="reboot_then_migrate")
+        assert by_name(made)["p"]["action"] == evplan.ACTION_REBOOT, version
 
 
 def test_reboot_then_migrate_stays_for_ordinary_ram_or_qemu_10():
     for hugetlb, version in ((0, "7.2.18"), (1, "10.0.2")):
-        made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=hugetlb, qemu_version=version),
-                          evacuate_poisoned_vm_policy="reboot_then_migrate")
-        assert by_name(made)["p"]["action"] == evplan.ACTION_REBOOT, (hugetlb, version)
+        for mode in ("restart", "reset"):
+            made, _req = plan({"p": "poisoned"}, poison_result=poison({"p": "poisoned"}, hugetlb=hugetlb, qemu_version=version),
+                              evacuate_poisoned_vm_policy="reboot_then_migrate", evacuate_reboot_mode=mode)
+            assert by_name(made)["p"]["action"] == evplan.ACTION_REBOOT, (hugetlb, version, mode)
 
 
 def test_hugetlb_rule_cannot_tell_without_a_scan_or_version():
