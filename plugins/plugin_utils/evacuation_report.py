@@ -70,13 +70,13 @@ def holes_on_target(name, carried, check):
     # carried guest address there; poison_info's poisoned_pages list the target's pagemap)
     markers = {_int(p.get("hva")) for p in entry.get("poisoned_pages") or []
                if p.get("source") == "pte_marker_poisoned"}
-    wanted = {_int(h.get("hva")): h.get("gpa") for h in carried or [] if isinstance(h, dict)}
+    wanted = [(_int(h.get("hva")), _int(h.get("gpa"))) for h in carried or [] if isinstance(h, dict)]
     if not wanted:
         return False, "the target QEMU lists no carried page"
-    missing = [gpa for hva, gpa in wanted.items() if hva is None or hva not in markers]
+    missing = [gpa for hva, gpa in wanted if hva is None or hva not in markers]
     if missing:
         return False, ("no POISONED PTE marker on the target at guest address %s: the page may have been filled "
-                       "instead of poisoned" % ", ".join("%#x" % g if isinstance(g, int) else "?" for g in missing))
+                       "instead of poisoned" % ", ".join("%#x" % g if g is not None else "?" for g in missing))
     unknown = entry.get("holes_unknown_to_qemu")
     if unknown != []:
         return False, "the target QEMU does not list every hole its pagemap shows (%s)" % (unknown,)
