@@ -160,6 +160,15 @@ def test_a_carried_page_that_is_not_a_marker_is_not_verified():
     assert _moved_with({"changed": False, "vms": []})[2]["holes_verified"] is False
 
 
+def test_the_reason_names_each_carried_page_without_a_marker():
+    """Two carried pages, one of them without an address in the target QEMU: both named by guest address."""
+    carried = [dict(HOLE, hva="0x7f6f8a000000", gpa="0x1000000"), dict(HOLE, hva=None, gpa=0x2000000),
+               dict(HOLE, hva=None, gpa=0x3000000)]
+    ok, why = evreport.holes_on_target("bad", carried, _target_scan(hva="0x7f6f8a001000"))
+    assert ok is False
+    assert "0x1000000" in why and "0x2000000" in why and "0x3000000" in why
+
+
 def test_a_hole_the_target_qemu_does_not_list_is_not_verified():
     outcome = _moved_with(_target_scan(unknown=["0x7f1122001000"]))[2]
     assert outcome["holes_verified"] is False
